@@ -1,0 +1,214 @@
+"""The engine: chunked prefill and decoding over a model adapter and a method's policy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from ..errors import LongreachError
+from ..kv import KVStore
+from ..methods import MethodConfig, MethodContext, Trace, method_config
+from ..models import DecoderAdapter
+from .memory import peak_mb, reset_peak
+from .results import GenerationResult, GenerationStats
+from .sampling import Sampler, SamplingParams
+
+ProgressFn = Callable[[int, int], None]
+
+
+class Session:
+    """One sequence: its KV store, the method's policy and the next free position."""
+
+    def __init__(self, adapter: DecoderAdapter, method: MethodConfig, offload_device=None,
+                 trace: bool = False):
+        self.adapter = adapter
+        self.store = KVStore(adapter.n_layers, adapter.n_kv_heads, adapter.head_dim, adapter.dtype,
+                             adapter.device, offload_device)
+        self.trace = Trace() if trace else None
+        ctx = MethodContext(n_layers=adapter.n_layers, n_heads=adapter.n_heads,
+                            n_kv_heads=adapter.n_kv_heads, head_dim=adapter.head_dim,
+                            scale=adapter.scale, trained_window=adapter.trained_window,
+                            rope=adapter.rope, store=self.store, device=adapter.device, trace=self.trace)
+        try:
+            self.policy = method.build(ctx)
+        except ValueError as exc:
+            raise LongreachError(f"method {method.name!r}: {exc}") from None
+        self.position = 0
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[-1]
+        positions = torch.arange(self.position, self.position + n, device=self.adapter.device)
+        hidden = self.adapter.forward(ids.view(1, n), positions, self.policy)
+        self.position += n
+        return hidden
+
+    def prefill(self, ids: list[int] | torch.Tensor, chunk: int = 512,
+                on_progress: ProgressFn | None = None) -> torch.Tensor:
+        """Process prompt ids chunk by chunk; logits [V] of the last position (lm head only there)."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if ids.numel() == 0:
+            raise LongreachError("the prompt is empty")
+        last = None
+        for start in range(0, ids.numel(), chunk):
+            last = self._forward(ids[start:start + chunk])[:, -1]
+            if on_progress:
+                on_progress(min(start + chunk, ids.numel()), ids.numel())
+        self.policy.end_prefill()
+        return self.adapter.logits(last)[0]
+
+    def step(self, token: int) -> torch.Tensor:
+        """Feed one token; logits [V] for the next."""
+        hidden = self._forward(torch.tensor([token]))
+        return self.adapter.logits(hidden[:, -1])[0]
+
+
+class LongLM:
+    """A loaded model plus a method: generate, stream and chat over inputs of any length."""
+
+    def __init__(self, adapter: DecoderAdapter, tokenizer, method: MethodConfig,
+                 prefill_chunk: int = 512, offload_device: str | None = None):
+        if prefill_chunk < 1:
+            raise LongreachError("prefill_chunk must be >= 1")
+        self.adapter = adapter
+        self.tokenizer = tokenizer
+        self.method = method
+        self.prefill_chunk = prefill_chunk
+        self.offload_device = offload_device
+        self.eos_ids = _eos_ids(adapter.hf_model, tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+    def with_method(self, method: str | MethodConfig, **options) -> LongLM:
+        """The same loaded model with another method (no reload)."""
+        config = method if isinstance(method, MethodConfig) else method_config(method, options)
+        return LongLM(self.adapter, self.tokenizer, config, self.prefill_chunk, self.offload_device)
+
+    def new_session(self, trace: bool = False) -> Session:
+        return Session(self.adapter, self.method, self.offload_device, trace=trace)
+
+    # --- text in, ids out ---------------------------------------------------------------
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise LongreachError("the prompt is empty")
+            return self.tokenizer(prompt)["input_ids"]
+        if len(prompt) == 0:
+            raise LongreachError("the prompt is empty")
+        return list(prompt)
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        if not messages:
+            raise LongreachError("no messages given")
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            text = "\n".join(m["content"] for m in messages)
+            return self.encode(text)
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+        return list(ids)
+
+    # --- generation -------------------------------------------------------------------
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 128, *,
+                 on_progress: ProgressFn | None = None, trace: bool = False,
+                 **sampling) -> GenerationResult:
+        """Generate a completion of `prompt` (text or token ids).
+
+        Args:
+            prompt: text (tokenized with the model's tokenizer) or token ids.
+            max_new_tokens: generation limit.
+            on_progress: called as (tokens prefilled, prompt tokens) after each chunk.
+            trace: record the method's block selections in the result.
+            **sampling: temperature, top_k, top_p, repetition_penalty, seed, stop.
+        Returns:
+            A GenerationResult with text, finish_reason and stats.
+        """
+        run = _Run(self, self.encode(prompt), SamplingParams(max_new_tokens=max_new_tokens, **sampling),
+                   on_progress, trace)
+        for _ in run:
+            pass
+        return run.result
+
+    def stream(self, prompt: str | list[int], max_new_tokens: int = 128, *,
+               on_progress: ProgressFn | None = None, **sampling) -> Iterator[str]:
+        """Yield text pieces as they are generated."""
+        run = _Run(self, self.encode(prompt), SamplingParams(max_new_tokens=max_new_tokens, **sampling),
+                   on_progress, False)
+        yield from run
+
+    def chat(self, messages: list[dict], max_new_tokens: int = 128, **kwargs) -> GenerationResult:
+        """Generate the assistant's reply to `messages` using the tokenizer's chat template."""
+        return self.generate(self.chat_ids(messages), max_new_tokens, **kwargs)
+
+
+def _eos_ids(hf_model, tokenizer) -> set[int]:
+    ids = set()
+    for source in (getattr(hf_model, "generation_config", None), hf_model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, (list, tuple, set)) else [value])
+    return ids
+
+
+class _Run:
+    """One generation: iterate for text pieces; `result` is set when iteration ends."""
+
+    def __init__(self, lm: LongLM, ids: list[int], params: SamplingParams,
+                 on_progress: ProgressFn | None, trace: bool):
+        self.lm, self.ids, self.params = lm, ids, params
+        self.on_progress, self.trace = on_progress, trace
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        lm, params = self.lm, self.params
+        device = lm.device
+        reset_peak(device)
+        session = lm.new_session(trace=self.trace)
+        sampler = Sampler(params, device)
+        t0 = time.perf_counter()
+        logits = session.prefill(self.ids, lm.prefill_chunk, self.on_progress)
+        t1 = time.perf_counter()
+        history = torch.tensor(self.ids, dtype=torch.long)
+        generated: list[int] = []
+        text, emitted, finish = "", 0, "length"
+        hold = max((len(s) for s in params.stop), default=1) - 1
+        for _ in range(params.max_new_tokens):
+            token = sampler(logits, history)
+            if token in lm.eos_ids:
+                finish = "stop"
+                break
+            generated.append(token)
+            history = torch.cat((history, torch.tensor([token])))
+            text = lm.tokenizer.decode(generated, skip_special_tokens=True)
+            cut = _first_stop(text, params.stop)
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+                break
+            if len(generated) < params.max_new_tokens:
+                logits = session.step(token)
+            ready = len(text) - hold
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+                ready = min(ready, len(text.rstrip("\ufffd")))
+            if ready > emitted:
+                yield text[emitted:ready]
+                emitted = ready
+        if len(text) > emitted:
+            yield text[emitted:]
+        t2 = time.perf_counter()
+        stats = GenerationStats(
+            prompt_tokens=len(self.ids), generated_tokens=len(generated),
+            prefill_seconds=t1 - t0, decode_seconds=t2 - t1,
+            prompt_tps=len(self.ids) / max(t1 - t0, 1e-9),
+            generation_tps=len(generated) / max(t2 - t1, 1e-9) if generated else 0.0,
+            peak_memory_mb=peak_mb(device), kv_bytes=session.store.nbytes,
+            kv_bytes_by_device=session.store.bytes_by_device())
+        selections = session.trace.selections if session.trace is not None else None
+        self.result = GenerationResult(text, generated, finish, stats, selections)
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [text.find(s) for s in stops if s in text]
+    return min(hits) if hits else None

@@ -1,0 +1,3 @@
+from .store import GrowingBuffer, KVSegment, KVStore, LayerKV
+
+__all__ = ["GrowingBuffer", "KVSegment", "KVStore", "LayerKV"]

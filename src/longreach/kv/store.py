@@ -1,0 +1,227 @@
+"""The KV store: per layer, named segments of pre-RoPE keys, values and true positions.
+
+A method decides what its segments mean (sinks, a local window, memory blocks); the store
+owns the storage: amortised appends, dropping from the front, gathering, which device
+each segment lives on (CPU memory while computing on a GPU), and byte accounting.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+
+class KVSegment:
+    """A growable run of keys [B, Hkv, n, d], values and positions [n] on one device."""
+
+    def __init__(self, batch: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str, capacity: int = 256):
+        self.device = torch.device(device)
+        self._keys = torch.empty(batch, n_kv_heads, capacity, head_dim, dtype=dtype, device=self.device)
+        self._values = torch.empty_like(self._keys)
+        self._positions = torch.empty(capacity, dtype=torch.long, device=self.device)
+        self._start = 0
+        self._end = 0
+        # Derived cache: keys rotated at their true positions, valid for [_start, _rot_end).
+        self._rotated: torch.Tensor | None = None
+        self._rot_end = 0
+        self._rot_rope = None
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @property
+    def keys(self) -> torch.Tensor:  # [B, Hkv, n, d], pre-RoPE
+        return self._keys[:, :, self._start:self._end]
+
+    @property
+    def values(self) -> torch.Tensor:  # [B, Hkv, n, d]
+        return self._values[:, :, self._start:self._end]
+
+    @property
+    def positions(self) -> torch.Tensor:  # [n], true token positions
+        return self._positions[self._start:self._end]
+
+    def _reserve(self, extra: int) -> None:
+        need = len(self) + extra
+        capacity = self._keys.shape[2]
+        if self._end + extra <= capacity:
+            return
+        if need <= capacity and self._start >= capacity // 2:
+            new_capacity = capacity  # compact in place: enough room once the dropped front is reclaimed
+        else:
+            new_capacity = max(need, 2 * capacity)
+        keys = self._keys.new_empty(*self._keys.shape[:2], new_capacity, self._keys.shape[3])
+        values = torch.empty_like(keys)
+        positions = self._positions.new_empty(new_capacity)
+        n = len(self)
+        keys[:, :, :n] = self.keys
+        values[:, :, :n] = self.values
+        positions[:n] = self.positions
+        if self._rotated is not None:
+            rotated = torch.empty_like(keys)
+            n_rot = self._rot_end - self._start
+            rotated[:, :, :n_rot] = self._rotated[:, :, self._start:self._rot_end]
+            self._rotated, self._rot_end = rotated, n_rot
+        self._keys, self._values, self._positions = keys, values, positions
+        self._start, self._end = 0, n
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        n = keys.shape[2]
+        if n == 0:
+            return
+        self._reserve(n)
+        end = self._end + n
+        self._keys[:, :, self._end:end] = keys
+        self._values[:, :, self._end:end] = values
+        self._positions[self._end:end] = positions
+        self._end = end
+
+    def drop_front(self, n: int) -> None:
+        """Forget the oldest `n` tokens (amortised: the buffer is compacted on a later append)."""
+        assert 0 <= n <= len(self)
+        self._start += n
+        self._rot_end = max(self._rot_end, self._start)
+
+    def rotated_keys(self, rope) -> torch.Tensor:
+        """Keys [B, Hkv, n, d] rotated at their true positions, extended incrementally.
+
+        RoPE is relative, so keys rotated once at true positions serve any query rotated
+        at its true position; only the new tail is rotated on each call.
+        """
+        version = (id(rope), getattr(rope, "version", 0))
+        if self._rotated is None or self._rot_rope != version:
+            self._rotated = torch.empty_like(self._keys)
+            self._rot_end, self._rot_rope = self._start, version
+        if self._rotated.shape[2] != self._keys.shape[2]:
+            self._rotated = torch.empty_like(self._keys)
+            self._rot_end = self._start
+        if self._rot_end < self._end:
+            a, b = self._rot_end, self._end
+            self._rotated[:, :, a:b] = rope.rotate(self._keys[:, :, a:b], self._positions[a:b])
+            self._rot_end = b
+        return self._rotated[:, :, self._start:self._end]
+
+    def slice(self, start: int, end: int | None = None):
+        """(keys, values, positions) of tokens start..end, as views."""
+        end = len(self) if end is None else end
+        a, b = self._start + start, self._start + end
+        return self._keys[:, :, a:b], self._values[:, :, a:b], self._positions[a:b]
+
+    def gather(self, index: torch.Tensor, device: torch.device | None = None):
+        """(keys, values, positions) of the tokens at `index` (a 1-D tensor), moved to `device`."""
+        index = index.to(self.device) + self._start
+        keys = self._keys.index_select(2, index)
+        values = self._values.index_select(2, index)
+        positions = self._positions.index_select(0, index)
+        if device is not None and torch.device(device) != self.device:
+            keys, values, positions = (t.to(device, non_blocking=True) for t in (keys, values, positions))
+        return keys, values, positions
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the live tokens (keys, values, positions, and the rotated-key cache if any)."""
+        n = len(self)
+        per_vector = self._keys[:, :, :1].numel() * self._keys.element_size()
+        copies = 2 + (self._rotated is not None)
+        return n * (per_vector * copies + 8)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"keys": self.keys.contiguous(), "values": self.values.contiguous(),
+                "positions": self.positions.contiguous()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._start = self._end = 0
+        self.append(state["keys"].to(self.device), state["values"].to(self.device),
+                    state["positions"].to(self.device))
+
+
+class GrowingBuffer:
+    """A tensor that grows along dim 0 with amortised appends and drops from the front."""
+
+    def __init__(self, like: torch.Tensor, capacity: int = 64):
+        self._data = like.new_empty(capacity, *like.shape[1:])
+        self._start = self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @property
+    def data(self) -> torch.Tensor:
+        return self._data[self._start:self._end]
+
+    def append(self, rows: torch.Tensor) -> None:
+        n = rows.shape[0]
+        if self._end + n > self._data.shape[0]:
+            live = self.data
+            capacity = max(len(self) + n, 2 * self._data.shape[0])
+            self._data = self._data.new_empty(capacity, *self._data.shape[1:])
+            self._data[:len(live)] = live
+            self._start, self._end = 0, len(live)
+        self._data[self._end:self._end + n] = rows
+        self._end += n
+
+    def drop_front(self, n: int) -> None:
+        assert 0 <= n <= len(self)
+        self._start += n
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self._data.element_size()
+
+
+class LayerKV:
+    """One layer's named segments plus method tensors (e.g. block representatives)."""
+
+    def __init__(self, store: KVStore):
+        self._store = store
+        self.segments: dict[str, KVSegment] = {}
+        self.buffers: dict[str, GrowingBuffer] = {}
+
+    def segment(self, name: str, offload: bool = False) -> KVSegment:
+        """The segment `name`, created on first use; `offload` puts it on the store's cold tier."""
+        if name not in self.segments:
+            s = self._store
+            device = s.offload_device if offload else s.device
+            self.segments[name] = KVSegment(s.batch, s.n_kv_heads, s.head_dim, s.dtype, device)
+        return self.segments[name]
+
+    def buffer(self, name: str, like: torch.Tensor) -> GrowingBuffer:
+        """The method buffer `name` (rows shaped like `like[0]`), created on first use."""
+        if name not in self.buffers:
+            self.buffers[name] = GrowingBuffer(like)
+        return self.buffers[name]
+
+
+class KVStore:
+    """All layers' segments for one sequence, with byte accounting per device tier."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str, offload_device: torch.device | str | None = None,
+                 batch: int = 1):
+        self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
+        self.dtype, self.batch = dtype, batch
+        self.device = torch.device(device)
+        self.offload_device = torch.device(offload_device) if offload_device else torch.device("cpu")
+        self.layers = [LayerKV(self) for _ in range(n_layers)]
+
+    def __getitem__(self, layer: int) -> LayerKV:
+        return self.layers[layer]
+
+    def bytes_by_device(self) -> dict[str, int]:
+        """Bytes held per device ("cpu", "cuda:0", ...), segments and method tensors included."""
+        totals: dict[str, int] = defaultdict(int)
+        for layer in self.layers:
+            for seg in layer.segments.values():
+                totals[str(seg.device)] += seg.nbytes
+            for buf in layer.buffers.values():
+                totals[str(buf.data.device)] += buf.nbytes
+        return dict(totals)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.bytes_by_device().values())
+
+    def tokens(self, segment: str) -> int:
+        return sum(len(layer.segments[segment]) for layer in self.layers if segment in layer.segments)

@@ -1,0 +1,139 @@
+"""What every method is: a config dataclass plus a policy that decides attention.
+
+A policy receives, per layer and chunk, pre-RoPE queries, keys and values of the new
+tokens with their true positions; it stores what it wants in the KV store, chooses which
+stored keys each query attends to and at which positions, and returns the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from ..errors import LongreachError
+from ..kv import KVStore
+from ..rope import RotaryEmbedding
+from ..units import parse_count
+
+
+def option(default, help: str, **kwargs):
+    """A config field with a help text, shown by `longreach methods`."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+def _coerce(value, annotation: str, name: str):
+    if not isinstance(value, str):
+        return value
+    kinds = [a.strip() for a in annotation.split("|")]
+    if value.lower() == "none" and "None" in kinds:
+        return None
+    for kind in kinds:
+        try:
+            if kind == "int":
+                return parse_count(value)
+            if kind == "float":
+                return float(value)
+            if kind == "bool":
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                continue
+            if kind == "str":
+                return value
+        except (ValueError, LongreachError):
+            continue
+    raise LongreachError(f"option {name}={value!r} is not a valid {annotation}")
+
+
+@dataclass(slots=True)
+class MethodConfig:
+    """Base of every method's options. Subclasses validate in `__post_init__`."""
+
+    name: typing.ClassVar[str] = ""
+    summary: typing.ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, options: dict | None = None) -> MethodConfig:
+        """Build from a dict (values may be strings from a command line); unknown keys are refused."""
+        options = dict(options or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise LongreachError(
+                f"unknown option(s) for method {cls.name!r}: {', '.join(unknown)}; "
+                f"valid: {', '.join(known) or '(none)'}")
+        values = {k: _coerce(v, str(known[k].type), k) for k, v in options.items()}
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise LongreachError(f"method {cls.name!r}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def build(self, ctx: MethodContext) -> Policy:
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, object, str]]:
+        """(name, type, default, help) per option."""
+        rows = []
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rows.append((f.name, str(f.type), default, f.metadata.get("help", "")))
+        return rows
+
+
+def check(condition: bool, message: str) -> None:
+    """Validation helper for __post_init__: a ValueError that from_dict turns into a clear message."""
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class Trace:
+    """What a block-memory method selected, recorded only when the engine asks for it."""
+
+    selections: list[dict] = field(default_factory=list)
+
+    def record(self, layer: int, query_positions: tuple[int, int], block_starts: list[int],
+               block_size: int) -> None:
+        self.selections.append({"layer": layer, "queries": query_positions,
+                                "block_starts": block_starts, "block_size": block_size})
+
+
+@dataclass
+class MethodContext:
+    """What a policy may know about the model and where it stores keys."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    scale: float
+    trained_window: int
+    rope: RotaryEmbedding
+    store: KVStore
+    device: torch.device
+    trace: Trace | None = None
+
+
+class Policy:
+    """Per-sequence attention policy. Subclasses implement `attend`."""
+
+    def __init__(self, ctx: MethodContext):
+        self.ctx = ctx
+        self.store = ctx.store
+        self.rope = ctx.rope
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               positions: torch.Tensor) -> torch.Tensor:
+        """Output [B, H, n, d] for queries q [B, H, n, d] and new keys/values [B, Hkv, n, d]."""
+        raise NotImplementedError
+
+    def end_prefill(self) -> None:
+        """Hook called once the prompt is processed (e.g. to compress the store)."""

@@ -1,0 +1,204 @@
+"""`infllm`: InfLLM block memory (Xiao et al., 2024), training-free, CPU-first.
+
+Per layer, tokens flow through three parts of the store:
+  init    the first `n_init` tokens (attention sinks), kept always;
+  recent  the local window (the last `n_local` tokens) plus a remainder shorter than a block;
+  memory  evicted tokens grouped in blocks of `block_size`, on the offload device, each
+          with a representative vector built from the keys that received most attention.
+Queries are processed in execution blocks. Each block attends, in one exact softmax, to
+the local window at renumbered (relative) positions, and to init tokens, the remainder
+and the `topk_blocks` memory blocks it retrieves, all placed at the fixed distance
+`n_local`. RoPE positions therefore never exceed n_local + exec_block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import attend, merge, received_mass, summed_logits
+from .base import MethodConfig, Policy, check, option
+from .selection import SELECTORS, BlockSelector
+
+
+@dataclass(slots=True)
+class InfLLMConfig(MethodConfig):
+    name = "infllm"
+    summary = "InfLLM: sinks + local window + retrieved memory blocks at a fixed distance"
+
+    n_init: int = option(128, "initial (sink) tokens always attended")
+    n_local: int | None = option(None, "local window; default: a quarter of the model's trained window")
+    block_size: int = option(128, "tokens per memory block")
+    topk_blocks: int = option(16, "memory blocks retrieved per execution block")
+    repr_tokens: int = option(4, "representative keys per block")
+    repr_score: str = option("attention", "how keys earn representative rank: attention (softmax mass "
+                                          "received, InfLLM's code) or dot (summed q.k, the paper's formula; cheaper)")
+    exec_block: int = option(512, "queries sharing one retrieval")
+    selection: str = option("paper", f"block selection strategy: {', '.join(SELECTORS)}")
+
+    def __post_init__(self):
+        check(self.n_init >= 0, "n_init must be >= 0")
+        check(self.n_local is None or self.n_local >= 1, "n_local must be >= 1")
+        check(self.block_size >= 1, "block_size must be >= 1")
+        check(self.topk_blocks >= 0, "topk_blocks must be >= 0")
+        check(1 <= self.repr_tokens <= self.block_size, "repr_tokens must be in 1..block_size")
+        check(self.exec_block >= 1, "exec_block must be >= 1")
+        check(self.repr_score in ("attention", "dot"), "repr_score must be attention or dot")
+        check(self.selection in SELECTORS, f"selection must be one of {', '.join(SELECTORS)}")
+
+    def local_window(self, trained_window: int) -> int:
+        return self.n_local if self.n_local is not None else max(trained_window // 4, 1)
+
+    def build(self, ctx) -> InfLLMPolicy:
+        n_local = self.local_window(ctx.trained_window)
+        check(self.exec_block <= n_local, f"exec_block ({self.exec_block}) must be <= n_local ({n_local})")
+        if ctx.trained_window:
+            check(n_local + self.exec_block <= ctx.trained_window,
+                  f"n_local + exec_block ({n_local + self.exec_block}) exceeds the model's trained "
+                  f"window ({ctx.trained_window})")
+        return InfLLMPolicy(ctx, self, n_local)
+
+
+@dataclass(slots=True)
+class _Plan:
+    band_from: int
+    full_from: int
+    causal_from: int
+    band_mask: torch.Tensor
+    local_mask: torch.Tensor
+    remainder_end: int
+    remainder_mask: torch.Tensor | None
+
+
+class InfLLMPolicy(Policy):
+    def __init__(self, ctx, config: InfLLMConfig, n_local: int):
+        super().__init__(ctx)
+        self.config = config
+        self.n_local = n_local
+        self.selector: BlockSelector = SELECTORS[config.selection](config)
+        self._masks: dict[int, _Plan] = {}
+        self._gathered: dict[int, tuple] = {}
+
+    # --- one layer, one chunk ---------------------------------------------------------
+    def attend(self, layer, q, k, v, positions):
+        step = self.config.exec_block
+        if layer == 0:
+            self._masks.clear()
+        outs = [self._exec_block(layer, index, q[:, :, a:a + step], k[:, :, a:a + step],
+                                 v[:, :, a:a + step], positions[a:a + step])
+                for index, a in enumerate(range(0, q.shape[2], step))]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+    def _exec_block(self, layer, index, q, k, v, positions):
+        kv, scale = self.store[layer], self.ctx.scale
+        recent, init, memory = kv.segment("recent"), kv.segment("init"), kv.segment("memory", offload=True)
+        scores = kv.buffer("score", q.new_zeros(1, q.shape[0], q.shape[1]))
+        recent.append(k, v, positions)
+        scores.append(q.new_zeros(k.shape[2], q.shape[0], q.shape[1]))
+        if index not in self._masks:
+            self._masks[index] = self._plan(positions, recent.positions)
+        plan = self._masks[index]
+
+        # Local stage: true relative positions (rotated keys cached at true positions).
+        q_local = self.rope.rotate(q, positions)
+        keys = recent.rotated_keys(self.rope)
+        values = recent.values
+        a, b, c = plan.band_from, plan.full_from, plan.causal_from
+        parts = [attend(q_local, keys[:, :, c:], values[:, :, c:], scale, causal=True)]
+        if c > b:
+            parts.append(attend(q_local, keys[:, :, b:c], values[:, :, b:c], scale))
+        if b > a:
+            parts.append(attend(q_local, keys[:, :, a:b], values[:, :, a:b], scale, mask=plan.band_mask))
+
+        # Memory is unrotated and the query rotated once at n_local: every memory token,
+        # sinks included, sits at distance n_local.
+        q_global = self.rope.rotate_one(q, self.n_local)
+        far_keys, far_values = self._retrieve(layer, kv, q_global, positions)
+        if len(init):
+            far_keys, far_values = [init.keys, *far_keys], [init.values, *far_values]
+        if far_keys:
+            parts.append(attend(q_global, torch.cat(far_keys, 2), torch.cat(far_values, 2), scale))
+        if plan.remainder_end:
+            rk, rv, _ = recent.slice(0, plan.remainder_end)
+            parts.append(attend(q_global, rk, rv, scale, mask=plan.remainder_mask))
+        out, lse = merge(parts)
+
+        if self.config.repr_score == "attention":
+            earned = received_mass(q_local, keys[:, :, a:], lse, scale, plan.local_mask)  # [B, H, m]
+        else:
+            earned = summed_logits(q_local, keys[:, :, a:], scale, plan.local_mask)
+        scores.data[a:] += earned.permute(2, 0, 1)
+        self._evict(kv, recent, init, memory, scores)
+        return out
+
+    def _plan(self, positions, recent_positions) -> _Plan:
+        """Split the recent tokens by what the block's queries see of them (indices into `recent`).
+
+        [band_from, full_from): seen locally by some queries (distance < n_local), masked;
+        [full_from, causal_from): seen locally by every query; [causal_from, end): the block itself;
+        [0, remainder_end): seen by some queries beyond n_local, as memory.
+        """
+        first = int(recent_positions[0])
+        p0, p1 = int(positions[0]), int(positions[-1])
+        causal_from = p0 - first
+        full_from = min(max(p1 - self.n_local + 1 - first, 0), causal_from)
+        band_from = min(max(p0 - self.n_local + 1 - first, 0), full_from)
+        pq = positions.to(recent_positions.device)[:, None]
+        local_distance = pq - recent_positions[None, band_from:]
+        local_mask = (local_distance >= 0) & (local_distance < self.n_local)
+        band_mask = local_mask[:, :full_from - band_from]
+        remainder_end = max(p1 - self.n_local + 1 - first, 0)
+        remainder_mask = None
+        if remainder_end:
+            remainder_mask = (pq - recent_positions[None, :remainder_end]) >= self.n_local
+        return _Plan(band_from, full_from, causal_from, band_mask, local_mask, remainder_end, remainder_mask)
+
+    # --- memory -----------------------------------------------------------------------
+    def _retrieve(self, layer, kv, q_global, positions):
+        memory = kv.segments.get("memory")
+        n_blocks = len(memory) // self.config.block_size if memory is not None else 0
+        if n_blocks == 0 or self.config.topk_blocks == 0:
+            return [], []
+        bs = self.config.block_size
+        if n_blocks <= self.config.topk_blocks:
+            blocks = torch.arange(n_blocks)
+        else:
+            reprs = kv.buffers["repr"].data  # [n_blocks, B, H, d]
+            blocks = self.selector.select(q_global, reprs, self.config.topk_blocks)
+        if self.ctx.trace is not None:
+            self.ctx.trace.record(layer, (int(positions[0]), int(positions[-1])),
+                                  [int(memory.positions[b * bs]) for b in blocks.tolist()], bs)
+        key = tuple(blocks.tolist())
+        cached = self._gathered.get(layer)
+        if cached is not None and cached[0] == key and cached[1] == n_blocks:
+            return [cached[2]], [cached[3]]
+        index = (blocks[:, None] * bs + torch.arange(bs)).flatten()
+        keys, values, _ = memory.gather(index, device=self.ctx.device)
+        self._gathered[layer] = (key, n_blocks, keys, values)
+        return [keys], [values]
+
+    def _evict(self, kv, recent, init, memory, scores):
+        cfg = self.config
+        if len(init) < cfg.n_init and len(recent) > self.n_local:
+            move = min(cfg.n_init - len(init), len(recent) - self.n_local)
+            init.append(*recent.slice(0, move))
+            recent.drop_front(move)
+            scores.drop_front(move)
+        while len(recent) - cfg.block_size >= self.n_local:
+            keys, values, positions = recent.slice(0, cfg.block_size)
+            block_scores = scores.data[:cfg.block_size]  # [bs, B, H]
+            representative = self._representative(keys, block_scores)  # [B, H, d]
+            memory.append(keys.to(memory.device), values.to(memory.device), positions.to(memory.device))
+            kv.buffer("repr", representative[None]).append(representative[None])
+            recent.drop_front(cfg.block_size)
+            scores.drop_front(cfg.block_size)
+
+    def _representative(self, keys, block_scores):
+        """Mean of the `repr_tokens` keys that received the most attention, per query head."""
+        batch, n_kv, bs, dim = keys.shape
+        n_heads = block_scores.shape[2]
+        expanded = keys.repeat_interleave(n_heads // n_kv, dim=1)  # [B, H, bs, d]
+        top = block_scores.permute(1, 2, 0).topk(self.config.repr_tokens, dim=-1).indices  # [B, H, r]
+        chosen = expanded.gather(2, top[..., None].expand(-1, -1, -1, dim))
+        return chosen.mean(dim=2)

@@ -1,0 +1,43 @@
+"""A task sample: token ids that fit a budget, the answers, and where the needle sits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Sample:
+    prompt_ids: list[int]
+    answers: list[str]
+    max_new_tokens: int
+    needle_token_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in prompt_ids
+    meta: dict = field(default_factory=dict)
+
+
+def wrap_prompt(tokenizer, user_text: str, answer_prefix: str, chat: bool) -> tuple[str, int]:
+    """Full prompt text and the character offset where `user_text` starts in it.
+
+    Chat mode puts the task in one user message and the answer prefix at the start of the
+    assistant turn (as RULER does); raw mode is the text followed by the answer prefix.
+    """
+    if chat and getattr(tokenizer, "chat_template", None):
+        marker = "\u0000LONGREACH\u0000"
+        wrapped = tokenizer.apply_chat_template([{"role": "user", "content": marker}],
+                                                add_generation_prompt=True, tokenize=False)
+        head, tail = wrapped.split(marker)
+        return head + user_text + tail + answer_prefix.lstrip(), len(head)
+    return user_text + answer_prefix, 0
+
+
+def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+    """Token range [a, b) covering characters [start, end) given a tokenizer's offset mapping."""
+    a = next(i for i, (s, e) in enumerate(offsets) if e > start)
+    b = next((i for i, (s, e) in enumerate(offsets) if s >= end), len(offsets))
+    return a, b
+
+
+def encode_with_spans(tokenizer, text: str, char_spans: list[tuple[int, int]]):
+    """Token ids of `text` and the token ranges of the given character spans."""
+    enc = tokenizer(text, return_offsets_mapping=True)
+    spans = [char_span_to_tokens(enc["offset_mapping"], s, e) for s, e in char_spans]
+    return list(enc["input_ids"]), spans
