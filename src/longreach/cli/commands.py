@@ -92,12 +92,8 @@ def run_generate(args):
 def _stream_out(lm, ids, args):
     if args.max_new_tokens < 0:
         raise LongreachError("--max-new-tokens must be >= 0")
-    from ..engine.generator import _Run
-    from ..engine.sampling import SamplingParams
-
     progress = PrefillProgress()
-    run = _Run(lm, ids, SamplingParams(max_new_tokens=args.max_new_tokens, **sampling_kwargs(args)),
-               progress, False)
+    run = lm.run(ids, args.max_new_tokens, on_progress=progress, **sampling_kwargs(args))
     for piece in run:
         progress.close()
         sys.stdout.write(piece)

@@ -1,5 +1,5 @@
-from .generator import LongLM, Session
+from .generator import GenerationRun, LongLM, Session
 from .results import GenerationResult, GenerationStats
 from .sampling import SamplingParams
 
-__all__ = ["GenerationResult", "GenerationStats", "LongLM", "SamplingParams", "Session"]
+__all__ = ["GenerationRun", "GenerationResult", "GenerationStats", "LongLM", "SamplingParams", "Session"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 
@@ -37,6 +38,18 @@ class Session:
             raise LongreachError(f"method {method.name!r}: {exc}") from None
         self.position = 0
 
+    def fork(self) -> Session:
+        """An independent copy: same memory and position, so a stored context can serve many questions."""
+        copy = Session.__new__(Session)
+        copy.adapter, copy.trace, copy.position = self.adapter, None, self.position
+        copy.store = self.store.clone()
+        copy.policy = self.policy.__class__.__new__(self.policy.__class__)
+        copy.policy.__dict__.update(self.policy.__dict__)
+        copy.policy.store = copy.store
+        copy.policy.ctx = dataclasses.replace(self.policy.ctx, store=copy.store, trace=None)
+        copy.policy.reset_caches()
+        return copy
+
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[-1]
         positions = torch.arange(self.position, self.position + n, device=self.adapter.device)
@@ -45,18 +58,25 @@ class Session:
         return hidden
 
     def prefill(self, ids: list[int] | torch.Tensor, chunk: int = 512,
-                on_progress: ProgressFn | None = None) -> torch.Tensor:
-        """Process prompt ids chunk by chunk; logits [V] of the last position (lm head only there)."""
+                on_progress: ProgressFn | None = None, all_logits: bool = False) -> torch.Tensor:
+        """Process prompt ids chunk by chunk, continuing after what the session holds.
+
+        Returns the logits [V] of the last position (the lm head runs only there), or
+        [n, V] for every position with `all_logits` (for prompt log-probabilities).
+        """
         ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.numel() == 0:
             raise LongreachError("the prompt is empty")
-        last = None
+        last, every = None, []
         for start in range(0, ids.numel(), chunk):
-            last = self._forward(ids[start:start + chunk])[:, -1]
+            hidden = self._forward(ids[start:start + chunk])
+            last = hidden[:, -1]
+            if all_logits:
+                every.append(self.adapter.logits(hidden)[0])
             if on_progress:
                 on_progress(min(start + chunk, ids.numel()), ids.numel())
         self.policy.end_prefill()
-        return self.adapter.logits(last)[0]
+        return torch.cat(every) if all_logits else self.adapter.logits(last)[0]
 
     def step(self, token: int) -> torch.Tensor:
         """Feed one token; logits [V] for the next."""
@@ -113,7 +133,7 @@ class LongLM:
     # --- generation -------------------------------------------------------------------
     def generate(self, prompt: str | list[int], max_new_tokens: int = 128, *,
                  on_progress: ProgressFn | None = None, trace: bool = False,
-                 **sampling) -> GenerationResult:
+                 context: Session | None = None, **sampling) -> GenerationResult:
         """Generate a completion of `prompt` (text or token ids).
 
         Args:
@@ -121,22 +141,30 @@ class LongLM:
             max_new_tokens: generation limit.
             on_progress: called as (tokens prefilled, prompt tokens) after each chunk.
             trace: record the method's block selections in the result.
+            context: a session already holding a processed document; the prompt continues a
+                fork of it (the context itself is left unchanged).
             **sampling: temperature, top_k, top_p, repetition_penalty, seed, stop.
         Returns:
             A GenerationResult with text, finish_reason and stats.
         """
-        run = _Run(self, self.encode(prompt), SamplingParams(max_new_tokens=max_new_tokens, **sampling),
-                   on_progress, trace)
+        run = self.run(prompt, max_new_tokens, on_progress=on_progress, trace=trace, context=context,
+                       **sampling)
         for _ in run:
             pass
         return run.result
 
     def stream(self, prompt: str | list[int], max_new_tokens: int = 128, *,
-               on_progress: ProgressFn | None = None, **sampling) -> Iterator[str]:
+               on_progress: ProgressFn | None = None, context: Session | None = None,
+               **sampling) -> Iterator[str]:
         """Yield text pieces as they are generated."""
-        run = _Run(self, self.encode(prompt), SamplingParams(max_new_tokens=max_new_tokens, **sampling),
-                   on_progress, False)
-        yield from run
+        yield from self.run(prompt, max_new_tokens, on_progress=on_progress, context=context, **sampling)
+
+    def run(self, prompt: str | list[int], max_new_tokens: int = 128, *,
+            on_progress: ProgressFn | None = None, trace: bool = False,
+            context: Session | None = None, **sampling) -> GenerationRun:
+        """A generation to iterate over for text pieces; its `result` is set once iteration ends."""
+        params = SamplingParams(max_new_tokens=max_new_tokens, **sampling)
+        return GenerationRun(self, self.encode(prompt), params, on_progress, trace, context)
 
     def chat(self, messages: list[dict], max_new_tokens: int = 128, **kwargs) -> GenerationResult:
         """Generate the assistant's reply to `messages` using the tokenizer's chat template."""
@@ -153,20 +181,27 @@ def _eos_ids(hf_model, tokenizer) -> set[int]:
     return ids
 
 
-class _Run:
-    """One generation: iterate for text pieces; `result` is set when iteration ends."""
+class GenerationRun:
+    """One generation: iterate for text pieces; `result` is set when iteration ends.
+
+    Stopping the iteration early (e.g. a client went away) simply abandons the run.
+    """
 
     def __init__(self, lm: LongLM, ids: list[int], params: SamplingParams,
-                 on_progress: ProgressFn | None, trace: bool):
+                 on_progress: ProgressFn | None, trace: bool, context: Session | None = None):
         self.lm, self.ids, self.params = lm, ids, params
-        self.on_progress, self.trace = on_progress, trace
+        self.on_progress, self.trace, self.context = on_progress, trace, context
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[str]:
         lm, params = self.lm, self.params
         device = lm.device
         reset_peak(device)
-        session = lm.new_session(trace=self.trace)
+        if self.context is not None:
+            session = self.context.fork()
+            cached = self.context.position
+        else:
+            session, cached = lm.new_session(trace=self.trace), 0
         sampler = Sampler(params, device)
         t0 = time.perf_counter()
         logits = session.prefill(self.ids, lm.prefill_chunk, self.on_progress)
@@ -199,7 +234,7 @@ class _Run:
             yield text[emitted:]
         t2 = time.perf_counter()
         stats = GenerationStats(
-            prompt_tokens=len(self.ids), generated_tokens=len(generated),
+            prompt_tokens=len(self.ids), cached_tokens=cached, generated_tokens=len(generated),
             prefill_seconds=t1 - t0, decode_seconds=t2 - t1,
             prompt_tps=len(self.ids) / max(t1 - t0, 1e-9),
             generation_tps=len(generated) / max(t2 - t1, 1e-9) if generated else 0.0,

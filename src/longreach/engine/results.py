@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(slots=True)
 class GenerationStats:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0         # tokens prefilled by this call
+    cached_tokens: int = 0         # tokens reused from a stored context (not recomputed)
     generated_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0

@@ -132,9 +132,18 @@ class KVSegment:
                 "positions": self.positions.contiguous()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self._start = self._end = 0
-        self.append(state["keys"].to(self.device), state["values"].to(self.device),
-                    state["positions"].to(self.device))
+        """Adopt saved tensors (no copy when they are already on this segment's device)."""
+        self._keys = state["keys"].to(self.device)
+        self._values = state["values"].to(self.device)
+        self._positions = state["positions"].to(self.device)
+        self._start, self._end = 0, self._keys.shape[2]
+        self._rotated, self._rot_end, self._rot_rope = None, 0, None
+
+    def clone(self) -> KVSegment:
+        copy = KVSegment.__new__(KVSegment)
+        copy.device = self.device
+        copy.load_state_dict({k: v.clone() for k, v in self.state_dict().items()})
+        return copy
 
 
 class GrowingBuffer:
@@ -170,6 +179,17 @@ class GrowingBuffer:
     def nbytes(self) -> int:
         return self.data.numel() * self._data.element_size()
 
+    def clone(self) -> GrowingBuffer:
+        copy = GrowingBuffer.__new__(GrowingBuffer)
+        copy._data, copy._start, copy._end = self.data.clone(), 0, len(self)
+        return copy
+
+    @classmethod
+    def from_tensor(cls, data: torch.Tensor) -> GrowingBuffer:
+        buf = cls.__new__(cls)
+        buf._data, buf._start, buf._end = data, 0, data.shape[0]
+        return buf
+
 
 class LayerKV:
     """One layer's named segments plus method tensors (e.g. block representatives)."""
@@ -178,12 +198,15 @@ class LayerKV:
         self._store = store
         self.segments: dict[str, KVSegment] = {}
         self.buffers: dict[str, GrowingBuffer] = {}
+        self.offloaded: set[str] = set()
 
     def segment(self, name: str, offload: bool = False) -> KVSegment:
         """The segment `name`, created on first use; `offload` puts it on the store's cold tier."""
         if name not in self.segments:
             s = self._store
             device = s.offload_device if offload else s.device
+            if offload:
+                self.offloaded.add(name)
             self.segments[name] = KVSegment(s.batch, s.n_kv_heads, s.head_dim, s.dtype, device)
         return self.segments[name]
 
@@ -208,6 +231,46 @@ class KVStore:
 
     def __getitem__(self, layer: int) -> LayerKV:
         return self.layers[layer]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat tensors: "{layer}.{seg|cold}.{name}.{keys|values|positions}" and "{layer}.buf.{name}".
+
+        "cold" marks segments that live on the offload tier.
+        """
+        state = {}
+        for i, layer in enumerate(self.layers):
+            for name, seg in layer.segments.items():
+                kind = "cold" if name in layer.offloaded else "seg"
+                for part, tensor in seg.state_dict().items():
+                    state[f"{i}.{kind}.{name}.{part}"] = tensor
+            for name, buf in layer.buffers.items():
+                state[f"{i}.buf.{name}"] = buf.data.contiguous()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace every layer's contents with `state` (as produced by `state_dict`)."""
+        self.layers = [LayerKV(self) for _ in range(self.n_layers)]
+        grouped: dict[tuple[int, str, bool], dict[str, torch.Tensor]] = defaultdict(dict)
+        for key, tensor in state.items():
+            index, kind, rest = key.split(".", 2)
+            layer = self.layers[int(index)]
+            if kind == "buf":
+                layer.buffers[rest] = GrowingBuffer.from_tensor(tensor.to(self.device))
+            else:
+                name, part = rest.rsplit(".", 1)
+                grouped[(int(index), name, kind == "cold")][part] = tensor
+        for (index, name, offload), parts in grouped.items():
+            self.layers[index].segment(name, offload=offload).load_state_dict(parts)
+
+    def clone(self) -> KVStore:
+        """An independent copy (a fork of this sequence's memory)."""
+        copy = KVStore(self.n_layers, self.n_kv_heads, self.head_dim, self.dtype, self.device,
+                       self.offload_device, self.batch)
+        for mine, theirs in zip(self.layers, copy.layers):
+            theirs.segments = {name: seg.clone() for name, seg in mine.segments.items()}
+            theirs.offloaded = set(mine.offloaded)
+            theirs.buffers = {name: buf.clone() for name, buf in mine.buffers.items()}
+        return copy
 
     def bytes_by_device(self) -> dict[str, int]:
         """Bytes held per device ("cpu", "cuda:0", ...), segments and method tensors included."""

@@ -135,5 +135,8 @@ class Policy:
         """Output [B, H, n, d] for queries q [B, H, n, d] and new keys/values [B, Hkv, n, d]."""
         raise NotImplementedError
 
+    def reset_caches(self) -> None:
+        """Drop derived per-sequence caches (called on a forked copy); state lives in the store."""
+
     def end_prefill(self) -> None:
         """Hook called once the prompt is processed (e.g. to compress the store)."""

@@ -80,6 +80,9 @@ class InfLLMPolicy(Policy):
         self._masks: dict[int, _Plan] = {}
         self._gathered: dict[int, tuple] = {}
 
+    def reset_caches(self):
+        self._masks, self._gathered = {}, {}
+
     # --- one layer, one chunk ---------------------------------------------------------
     def attend(self, layer, q, k, v, positions):
         step = self.config.exec_block

@@ -38,6 +38,9 @@ class StreamingPolicy(Policy):
         self.config = config
         self._masks = None
 
+    def reset_caches(self):
+        self._masks = None
+
     def attend(self, layer, q, k, v, positions):
         cfg, kv = self.config, self.store[layer]
         sink, window = kv.segment("sink"), kv.segment("window")
