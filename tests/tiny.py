@@ -34,9 +34,17 @@ def tiny_hf_model(arch: str = "llama", seed: int = 0, **overrides):
     return model
 
 
-class _NoTokenizer:
+class IdTokenizer:
+    """Token ids written as text ("5 17 3 "), enough for the engine's decoding and stop strings."""
+
     eos_token_id = None
     chat_template = None
+
+    def __call__(self, text: str) -> dict:
+        return {"input_ids": [int(t) for t in text.split()]}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return "".join(f"{i} " for i in ids)
 
 
 def tiny_lm(arch: str = "llama", method: str = "dense", prefill_chunk: int = 512, seed: int = 0,
@@ -44,7 +52,7 @@ def tiny_lm(arch: str = "llama", method: str = "dense", prefill_chunk: int = 512
     model = model if model is not None else tiny_hf_model(arch, seed)
     model.generation_config.eos_token_id = None
     model.config.eos_token_id = None
-    return LongLM(DecoderAdapter(model), _NoTokenizer(), method_config(method, options), prefill_chunk)
+    return LongLM(DecoderAdapter(model), IdTokenizer(), method_config(method, options), prefill_chunk)
 
 
 def prompt_ids(n: int, seed: int = 1, vocab: int = 128) -> list[int]:
