@@ -23,8 +23,9 @@ def test_greedy_generation_matches_hf_generate(arch):
     lm = tiny_lm(arch, model=model, prefill_chunk=16)
     ours = lm.generate(ids, max_new_tokens=20).token_ids
     with torch.no_grad():
-        theirs = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False,
-                                eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+        input_ids = torch.tensor([ids])
+        theirs = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=20,
+                                do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
     assert ours == theirs
 
 

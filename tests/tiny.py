@@ -47,12 +47,14 @@ class IdTokenizer:
         return "".join(f"{i} " for i in ids)
 
 
-def tiny_lm(arch: str = "llama", method: str = "dense", prefill_chunk: int = 512, seed: int = 0,
+def tiny_lm(arch: str = "llama", method="dense", prefill_chunk: int = 512, seed: int = 0,
             model=None, **options) -> LongLM:
+    """A LongLM over a tiny model; `method` is a registered name or a MethodConfig instance."""
     model = model if model is not None else tiny_hf_model(arch, seed)
     model.generation_config.eos_token_id = None
     model.config.eos_token_id = None
-    return LongLM(DecoderAdapter(model), IdTokenizer(), method_config(method, options), prefill_chunk)
+    config = method if not isinstance(method, str) else method_config(method, options)
+    return LongLM(DecoderAdapter(model), IdTokenizer(), config, prefill_chunk)
 
 
 def prompt_ids(n: int, seed: int = 1, vocab: int = 128) -> list[int]:

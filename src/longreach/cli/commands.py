@@ -18,7 +18,8 @@ def _passkey(sub):
     p.add_argument("--length", default="32k", help="total tokens (prompt + answer), e.g. 4096 or 32k")
     p.add_argument("--depth", type=float, default=0.5, help="needle depth, 0 (start) .. 1 (end)")
     p.add_argument("--seed", type=int, default=0, help="picks the pass key")
-    p.add_argument("--raw", action="store_true", help="no chat template (base models)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the classic raw-text prompt in the model's chat template")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_options(p)
     p.set_defaults(run=run_passkey)
@@ -33,7 +34,7 @@ def run_passkey(args):
     if not 0 <= args.depth <= 1:
         raise LongreachError("--depth must be within 0..1")
     lm = load_lm(args)
-    sample = passkey_sample(lm.tokenizer, length, args.depth, args.seed, chat=not args.raw)
+    sample = passkey_sample(lm.tokenizer, length, args.depth, args.seed, chat=args.chat)
     progress = PrefillProgress()
     result = lm.generate(sample.prompt_ids, sample.max_new_tokens, on_progress=progress)
     progress.close()
@@ -61,10 +62,11 @@ def run_ask(args):
     if not args.question.strip():
         raise LongreachError("--question is empty")
     document = read_text(args.file)
+    sampling = sampling_kwargs(args)
     lm = load_lm(args)
     messages = [{"role": "user", "content": f"{document}\n\nAnswer the question about the text above.\n"
                                             f"Question: {args.question}"}]
-    _stream_out(lm, lm.chat_ids(messages), args)
+    _stream_out(lm, lm.chat_ids(messages), args, sampling)
     return 0
 
 
@@ -83,17 +85,16 @@ def run_generate(args):
     text = read_text(args.prompt_file) if args.prompt_file else args.prompt
     if not text.strip():
         raise LongreachError("the prompt is empty")
+    sampling = sampling_kwargs(args)
     lm = load_lm(args)
     ids = lm.chat_ids([{"role": "user", "content": text}]) if args.chat else lm.encode(text)
-    _stream_out(lm, ids, args)
+    _stream_out(lm, ids, args, sampling)
     return 0
 
 
-def _stream_out(lm, ids, args):
-    if args.max_new_tokens < 0:
-        raise LongreachError("--max-new-tokens must be >= 0")
+def _stream_out(lm, ids, args, sampling: dict):
     progress = PrefillProgress()
-    run = lm.run(ids, args.max_new_tokens, on_progress=progress, **sampling_kwargs(args))
+    run = lm.run(ids, args.max_new_tokens, on_progress=progress, **sampling)
     for piece in run:
         progress.close()
         sys.stdout.write(piece)

@@ -34,8 +34,15 @@ def add_sampling_options(parser: argparse.ArgumentParser, max_new_tokens: int) -
 
 
 def sampling_kwargs(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop))
+    """Sampling options of the command line, validated before any model is loaded."""
+    from ..engine.sampling import SamplingParams
+
+    kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop))
+    if args.max_new_tokens < 0:
+        raise LongreachError("--max-new-tokens must be >= 0")
+    SamplingParams(max_new_tokens=args.max_new_tokens, **kwargs)
+    return kwargs
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -54,11 +61,15 @@ def load_lm(args):
 
     from ..methods import method_config
 
+    from ..models.loading import auto_device, parse_dtype
+
     options = parse_options(args.option)
     method_config(args.method, options)
     if args.prefill_chunk < 1:
         raise LongreachError("--prefill-chunk must be >= 1")
-    print("loading model ...", file=sys.stderr, flush=True)
+    parse_dtype(args.dtype, auto_device())
+    if sys.stderr.isatty():
+        print("loading model ...", file=sys.stderr, flush=True)
     return longreach.load(args.model, args.method, device=args.device, dtype=args.dtype,
                           prefill_chunk=args.prefill_chunk, **options)
 

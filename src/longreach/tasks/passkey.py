@@ -27,7 +27,7 @@ def _build(n_noise: int, depth: float, key: int, tokenizer, chat: bool):
     return encode_with_spans(tokenizer, text, [(start, start + len(needle))])
 
 
-def passkey_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, chat: bool = True) -> Sample:
+def passkey_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, chat: bool = False) -> Sample:
     """A passkey prompt of at most `length` tokens (generation included) with the key at `depth`.
 
     Args:
@@ -35,7 +35,7 @@ def passkey_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, ch
         length: total token budget: prompt + MAX_NEW_TOKENS.
         depth: relative position of the needle in the noise, 0..1.
         seed: picks the key.
-        chat: wrap in the tokenizer's chat template.
+        chat: wrap in the tokenizer's chat template (the classic test sends raw text).
     """
     if not 0.0 <= depth <= 1.0:
         raise LongreachError(f"depth must be within 0..1, got {depth}")

@@ -1,0 +1,89 @@
+import pytest
+import torch
+from tiny import prompt_ids, tiny_lm
+
+from longreach.errors import LongreachError
+
+
+def test_streamed_pieces_make_the_text():
+    lm = tiny_lm()
+    ids = prompt_ids(30)
+    result = lm.generate(ids, max_new_tokens=12)
+    assert "".join(lm.stream(ids, max_new_tokens=12)) == result.text
+    assert result.finish_reason == "length" and len(result.token_ids) == 12
+
+
+def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy():
+    lm = tiny_lm()
+    ids = prompt_ids(30)
+    greedy = lm.generate(ids, max_new_tokens=10).token_ids
+    a = lm.generate(ids, max_new_tokens=10, temperature=1.5, seed=7).token_ids
+    b = lm.generate(ids, max_new_tokens=10, temperature=1.5, seed=7).token_ids
+    assert a == b
+    assert lm.generate(ids, max_new_tokens=10, temperature=1.0, top_k=1, seed=1).token_ids == greedy
+    assert lm.generate(ids, max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=1).token_ids == greedy
+
+
+def test_repetition_penalty_changes_the_choice():
+    lm = tiny_lm()
+    ids = prompt_ids(30)
+    plain = lm.generate(ids, max_new_tokens=30).token_ids
+    penalised = lm.generate(ids, max_new_tokens=30, repetition_penalty=5.0).token_ids
+    assert plain != penalised
+    assert len(set(penalised)) >= len(set(plain))
+
+
+def test_eos_and_stop_strings():
+    lm = tiny_lm()
+    ids = prompt_ids(30)
+    tokens = lm.generate(ids, max_new_tokens=10).token_ids
+    lm.eos_ids = {tokens[3]}
+    result = lm.generate(ids, max_new_tokens=10)
+    assert result.finish_reason == "stop" and result.token_ids == tokens[:tokens.index(tokens[3])]
+    lm.eos_ids = set()
+    stop = f"{tokens[2]} "
+    result = lm.generate(ids, max_new_tokens=10, stop=[stop])
+    assert result.finish_reason == "stop" and stop not in result.text
+
+
+def test_stats_are_filled():
+    lm = tiny_lm(method="infllm", n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
+    stats = lm.generate(prompt_ids(150), max_new_tokens=5).stats
+    assert stats.prompt_tokens == 150 and stats.generated_tokens == 5
+    assert stats.prompt_tps > 0 and stats.generation_tps > 0 and stats.peak_memory_mb > 0
+    assert stats.kv_bytes == sum(stats.kv_bytes_by_device.values()) > 0
+
+
+def test_a_stored_context_answers_like_processing_everything():
+    lm = tiny_lm(prefill_chunk=16)
+    document, question = prompt_ids(100), prompt_ids(10, seed=5)
+    context = lm.new_session()
+    context.prefill(document, chunk=16)
+    reused = lm.generate(question, max_new_tokens=8, context=context)
+    assert reused.stats.cached_tokens == 100 and reused.stats.prompt_tokens == 10
+    assert reused.token_ids == lm.generate(document + question, max_new_tokens=8).token_ids
+    assert context.position == 100  # the context itself is untouched
+
+
+def test_all_logits_match_last_logits():
+    lm = tiny_lm()
+    ids = prompt_ids(40)
+    every = lm.new_session().prefill(ids, chunk=16, all_logits=True)
+    last = lm.new_session().prefill(ids, chunk=16)
+    assert every.shape == (40, 128)
+    torch.testing.assert_close(every[-1], last)
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=-1), dict(temperature=-1.0), dict(top_p=0.0),
+                                 dict(top_k=-2), dict(repetition_penalty=0.0)])
+def test_bad_sampling_values_are_refused(bad):
+    lm = tiny_lm()
+    kwargs = {"max_new_tokens": 4, **bad}
+    with pytest.raises(LongreachError):
+        lm.generate(prompt_ids(10), **kwargs)
+
+
+def test_empty_prompt_is_refused():
+    lm = tiny_lm()
+    with pytest.raises(LongreachError, match="empty"):
+        lm.generate([], max_new_tokens=4)

@@ -1,0 +1,64 @@
+import torch
+
+from longreach.kv import KVStore
+from longreach.rope import RotaryEmbedding
+from transformers import LlamaConfig
+
+
+def _tokens(start, n, heads=2, dim=8):
+    g = torch.Generator().manual_seed(start)
+    return (torch.randn(1, heads, n, dim, generator=g), torch.randn(1, heads, n, dim, generator=g),
+            torch.arange(start, start + n))
+
+
+def test_append_drop_and_grow_keep_contents():
+    store = KVStore(1, 2, 8, torch.float32, "cpu")
+    seg = store[0].segment("s")
+    kept_k, kept_v, kept_p = [], [], []
+    for step in range(40):
+        k, v, p = _tokens(step * 13, 13)
+        seg.append(k, v, p)
+        kept_k.append(k), kept_v.append(v), kept_p.append(p)
+        if step % 3 == 2:
+            seg.drop_front(20)
+    all_k, all_v, all_p = torch.cat(kept_k, 2), torch.cat(kept_v, 2), torch.cat(kept_p)
+    n = len(seg)
+    assert torch.equal(seg.keys, all_k[:, :, -n:])
+    assert torch.equal(seg.values, all_v[:, :, -n:])
+    assert torch.equal(seg.positions, all_p[-n:])
+
+
+def test_rotated_cache_matches_fresh_rotation_after_drops_and_growth():
+    rope = RotaryEmbedding(LlamaConfig(head_dim=8, hidden_size=16, num_attention_heads=2), 8)
+    store = KVStore(1, 2, 8, torch.float32, "cpu")
+    seg = store[0].segment("s")
+    for step in range(30):
+        seg.append(*_tokens(step * 7, 7))
+        if step % 4 == 3:
+            seg.drop_front(10)
+        torch.testing.assert_close(seg.rotated_keys(rope), rope.rotate(seg.keys, seg.positions))
+
+
+def test_byte_accounting_and_tiers():
+    store = KVStore(2, 2, 8, torch.float32, "cpu", offload_device="meta")
+    store[0].segment("hot").append(*_tokens(0, 10))
+    cold = store[1].segment("cold", offload=True)
+    assert cold.device.type == "meta"
+    per_token = 2 * (2 * 8 * 4) + 8  # keys + values for 2 heads of 8 floats, plus a position
+    assert store.bytes_by_device()["cpu"] == 10 * per_token
+    assert store.nbytes >= 10 * per_token
+
+
+def test_state_dict_round_trip_and_clone_independence():
+    store = KVStore(2, 2, 8, torch.float32, "cpu")
+    store[0].segment("a").append(*_tokens(0, 5))
+    store[1].segment("b", offload=True).append(*_tokens(5, 3))
+    store[1].buffer("repr", torch.zeros(1, 4)).append(torch.ones(2, 4))
+    copy = KVStore(2, 2, 8, torch.float32, "cpu")
+    copy.load_state_dict(store.state_dict())
+    assert torch.equal(copy[0].segments["a"].keys, store[0].segments["a"].keys)
+    assert copy[1].offloaded == {"b"}
+    assert torch.equal(copy[1].buffers["repr"].data, torch.ones(2, 4))
+    clone = store.clone()
+    clone[0].segments["a"].append(*_tokens(9, 2))
+    assert len(store[0].segments["a"]) == 5 and len(clone[0].segments["a"]) == 7

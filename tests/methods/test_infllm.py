@@ -1,0 +1,82 @@
+import pytest
+import torch
+from references import FixedDistanceConfig
+from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
+
+from longreach.errors import LongreachError
+from longreach.methods import method_config
+
+SMALL = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_all_blocks_retrieved_equals_fixed_distance_attention(arch):
+    """With every block retrieved, InfLLM is exact attention with memory at distance n_local."""
+    model = tiny_hf_model(arch)
+    ids = prompt_ids(200)
+    expected = all_logits(tiny_lm(arch, FixedDistanceConfig(n_local=32), model=model), ids, 16)
+    got = all_logits(tiny_lm(arch, "infllm", model=model, **{**SMALL, "topk_blocks": 1000}), ids, 16)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_retrieves_topk_blocks_per_execution_block():
+    lm = tiny_lm(method="infllm", **SMALL)
+    result = lm.generate(prompt_ids(200), max_new_tokens=3, trace=True)
+    assert result.selections, "the trace records selections"
+    for selection in result.selections:
+        assert len(selection["block_starts"]) == min(2, len(selection["block_starts"]))
+        assert all(start % 8 == 4 for start in selection["block_starts"])  # blocks start after the 4 sinks
+        assert selection["block_starts"] == sorted(selection["block_starts"])
+    # 200 prompt tokens + 3 decoded: 4 init, 32..39 local+remainder, the rest in blocks of 8
+    session = lm.new_session()
+    session.prefill(prompt_ids(200), chunk=16)
+    layer = session.store[0]
+    assert len(layer.segments["init"]) == 4
+    assert len(layer.segments["memory"]) % 8 == 0
+    assert len(layer.segments["init"]) + len(layer.segments["memory"]) + len(layer.segments["recent"]) == 200
+    assert 32 <= len(layer.segments["recent"]) < 40
+    assert layer.buffers["repr"].data.shape[0] == len(layer.segments["memory"]) // 8
+
+
+def test_memory_blocks_live_on_the_offload_tier():
+    lm = tiny_lm(method="infllm", **SMALL)
+    session = lm.new_session()
+    session.prefill(prompt_ids(200), chunk=16)
+    assert "memory" in session.store[0].offloaded
+    assert session.store[0].segments["memory"].device == session.store.offload_device
+
+
+def test_representative_is_mean_of_most_attended_keys():
+    lm = tiny_lm(method="infllm", **{**SMALL, "repr_tokens": 8})  # all keys of the block
+    session = lm.new_session()
+    session.prefill(prompt_ids(100), chunk=16)
+    layer = session.store[0]
+    first_block = layer.segments["memory"].keys[:, :, :8]  # [B, Hkv, 8, d]
+    expected = first_block.repeat_interleave(2, dim=1).mean(dim=2)  # H = 2 * Hkv
+    torch.testing.assert_close(layer.buffers["repr"].data[0], expected)
+
+
+@pytest.mark.parametrize("repr_score", ["attention", "dot"])
+def test_both_representative_scores_run_and_differ_from_dense(repr_score):
+    model = tiny_hf_model("llama")
+    ids = prompt_ids(200)
+    dense = all_logits(tiny_lm(model=model), ids, 16)
+    got = all_logits(tiny_lm(method="infllm", model=model, repr_score=repr_score, **SMALL), ids, 16)
+    torch.testing.assert_close(got[:32], dense[:32], rtol=1e-4, atol=1e-5)  # within the local window
+    assert not torch.allclose(got[-1], dense[-1], atol=1e-3)  # beyond it, memory is approximate
+
+
+def test_option_validation():
+    with pytest.raises(LongreachError, match="repr_tokens"):
+        method_config("infllm", {"repr_tokens": 0})
+    with pytest.raises(LongreachError, match="selection"):
+        method_config("infllm", {"selection": "magic"})
+    with pytest.raises(LongreachError, match="exceeds the model's trained window"):
+        tiny_lm(method="infllm", n_local=250, exec_block=16).new_session()
+    with pytest.raises(LongreachError, match="exec_block"):
+        tiny_lm(method="infllm", n_local=8, exec_block=16).new_session()
+
+
+def test_default_local_window_is_a_quarter_of_the_trained_window():
+    session = tiny_lm(method="infllm", exec_block=16).new_session()
+    assert session.policy.n_local == 256 // 4
