@@ -69,6 +69,7 @@ class Session:
             raise LongreachError("the prompt is empty")
         last, every = None, []
         for start in range(0, ids.numel(), chunk):
+            self.policy.phase = "final" if start + chunk >= ids.numel() else "prefill"
             hidden = self._forward(ids[start:start + chunk])
             last = hidden[:, -1]
             if all_logits:
@@ -80,6 +81,7 @@ class Session:
 
     def step(self, token: int) -> torch.Tensor:
         """Feed one token; logits [V] for the next."""
+        self.policy.phase = "decode"
         hidden = self._forward(torch.tensor([token]))
         return self.adapter.logits(hidden[:, -1])[0]
 

@@ -119,6 +119,15 @@ class KVSegment:
             keys, values, positions = (t.to(device, non_blocking=True) for t in (keys, values, positions))
         return keys, values, positions
 
+    def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
+        """(keys, values) [B, Hkv, m, d] where KV head h takes the tokens at `index[h]` ([Hkv, m])."""
+        index = (index.to(self.device) + self._start)[None, :, :, None]
+        index = index.expand(self._keys.shape[0], -1, -1, self._keys.shape[3])
+        keys, values = self._keys.gather(2, index), self._values.gather(2, index)
+        if device is not None and torch.device(device) != self.device:
+            keys, values = keys.to(device, non_blocking=True), values.to(device, non_blocking=True)
+        return keys, values
+
     @property
     def nbytes(self) -> int:
         """Bytes of the live tokens (keys, values, positions, and the rotated-key cache if any)."""

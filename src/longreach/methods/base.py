@@ -100,10 +100,12 @@ class Trace:
 
     selections: list[dict] = field(default_factory=list)
 
-    def record(self, layer: int, query_positions: tuple[int, int], block_starts: list[int],
-               block_size: int) -> None:
-        self.selections.append({"layer": layer, "queries": query_positions,
-                                "block_starts": block_starts, "block_size": block_size})
+    def record(self, layer: int, query_positions: tuple[int, int], block_starts: list,
+               block_size: int, memory_span: tuple[int, int]) -> None:
+        """One retrieval: true start positions of the chosen blocks (one list per KV head when
+        heads choose separately) and the span of positions the memory blocks cover."""
+        self.selections.append({"layer": layer, "queries": query_positions, "block_starts": block_starts,
+                                "block_size": block_size, "memory_span": memory_span})
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Policy:
         self.ctx = ctx
         self.store = ctx.store
         self.rope = ctx.rope
+        self.phase = "prefill"  # set by the session: "prefill", "final" (last prompt chunk) or "decode"
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor) -> torch.Tensor:

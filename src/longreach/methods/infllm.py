@@ -19,7 +19,7 @@ import torch
 
 from ..attention import attend, merge, received_mass, summed_logits
 from .base import MethodConfig, Policy, check, option
-from .selection import SELECTORS, BlockSelector
+from .selection import SELECTORS, PaperSelector, SelectionRequest
 
 
 @dataclass(slots=True)
@@ -36,6 +36,7 @@ class InfLLMConfig(MethodConfig):
                                           "received, InfLLM's code) or dot (summed q.k, the paper's formula; cheaper)")
     exec_block: int = option(512, "queries sharing one retrieval")
     selection: str = option("paper", f"block selection strategy: {', '.join(SELECTORS)}")
+    question_tokens: int = option(64, "question-aware selection: how many of the prompt's last queries score")
 
     def __post_init__(self):
         check(self.n_init >= 0, "n_init must be >= 0")
@@ -46,6 +47,7 @@ class InfLLMConfig(MethodConfig):
         check(self.exec_block >= 1, "exec_block must be >= 1")
         check(self.repr_score in ("attention", "dot"), "repr_score must be attention or dot")
         check(self.selection in SELECTORS, f"selection must be one of {', '.join(SELECTORS)}")
+        check(self.question_tokens >= 1, "question_tokens must be >= 1")
 
     def local_window(self, trained_window: int) -> int:
         return self.n_local if self.n_local is not None else max(trained_window // 4, 1)
@@ -76,24 +78,26 @@ class InfLLMPolicy(Policy):
         super().__init__(ctx)
         self.config = config
         self.n_local = n_local
-        self.selector: BlockSelector = SELECTORS[config.selection](config)
+        self.selector: PaperSelector = SELECTORS[config.selection](config)
         self._masks: dict[int, _Plan] = {}
         self._gathered: dict[int, tuple] = {}
 
     def reset_caches(self):
         self._masks, self._gathered = {}, {}
+        self.selector = SELECTORS[self.config.selection](self.config)
 
     # --- one layer, one chunk ---------------------------------------------------------
     def attend(self, layer, q, k, v, positions):
         step = self.config.exec_block
         if layer == 0:
             self._masks.clear()
+        starts = range(0, q.shape[2], step)
         outs = [self._exec_block(layer, index, q[:, :, a:a + step], k[:, :, a:a + step],
-                                 v[:, :, a:a + step], positions[a:a + step])
-                for index, a in enumerate(range(0, q.shape[2], step))]
+                                 v[:, :, a:a + step], positions[a:a + step], last=index == len(starts) - 1)
+                for index, a in enumerate(starts)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
-    def _exec_block(self, layer, index, q, k, v, positions):
+    def _exec_block(self, layer, index, q, k, v, positions, last):
         kv, scale = self.store[layer], self.ctx.scale
         recent, init, memory = kv.segment("recent"), kv.segment("init"), kv.segment("memory", offload=True)
         scores = kv.buffer("score", q.new_zeros(1, q.shape[0], q.shape[1]))
@@ -117,7 +121,7 @@ class InfLLMPolicy(Policy):
         # Memory is unrotated and the query rotated once at n_local: every memory token,
         # sinks included, sits at distance n_local.
         q_global = self.rope.rotate_one(q, self.n_local)
-        far_keys, far_values = self._retrieve(layer, kv, q_global, positions)
+        far_keys, far_values = self._retrieve(layer, kv, q_global, positions, last)
         if len(init):
             far_keys, far_values = [init.keys, *far_keys], [init.values, *far_values]
         if far_keys:
@@ -158,27 +162,32 @@ class InfLLMPolicy(Policy):
         return _Plan(band_from, full_from, causal_from, band_mask, local_mask, remainder_end, remainder_mask)
 
     # --- memory -----------------------------------------------------------------------
-    def _retrieve(self, layer, kv, q_global, positions):
+    def _retrieve(self, layer, kv, q_global, positions, last):
         memory = kv.segments.get("memory")
-        n_blocks = len(memory) // self.config.block_size if memory is not None else 0
+        bs = self.config.block_size
+        n_blocks = len(memory) // bs if memory is not None else 0
         if n_blocks == 0 or self.config.topk_blocks == 0:
             return [], []
-        bs = self.config.block_size
         if n_blocks <= self.config.topk_blocks:
             blocks = torch.arange(n_blocks)
         else:
-            reprs = kv.buffers["repr"].data  # [n_blocks, B, H, d]
-            blocks = self.selector.select(q_global, reprs, self.config.topk_blocks)
+            request = SelectionRequest(layer, q_global, memory.keys, kv.buffers["repr"].data,
+                                       self.config.topk_blocks, bs, self.ctx.scale, self.phase, last)
+            blocks = self.selector.select(request)
         if self.ctx.trace is not None:
+            first = int(memory.positions[0])
             self.ctx.trace.record(layer, (int(positions[0]), int(positions[-1])),
-                                  [int(memory.positions[b * bs]) for b in blocks.tolist()], bs)
-        key = tuple(blocks.tolist())
+                                  (blocks * bs + first).tolist(), bs, (first, first + n_blocks * bs))
+        key = (n_blocks, tuple(blocks.flatten().tolist()))
         cached = self._gathered.get(layer)
-        if cached is not None and cached[0] == key and cached[1] == n_blocks:
-            return [cached[2]], [cached[3]]
-        index = (blocks[:, None] * bs + torch.arange(bs)).flatten()
-        keys, values, _ = memory.gather(index, device=self.ctx.device)
-        self._gathered[layer] = (key, n_blocks, keys, values)
+        if cached is not None and cached[0] == key:
+            return [cached[1]], [cached[2]]
+        index = (blocks[..., None] * bs + torch.arange(bs)).flatten(-2)  # [m] or [Hkv, m]
+        if index.dim() == 1:
+            keys, values, _ = memory.gather(index, device=self.ctx.device)
+        else:
+            keys, values = memory.gather_per_head(index, device=self.ctx.device)
+        self._gathered[layer] = (key, keys, values)
         return [keys], [values]
 
     def _evict(self, kv, recent, init, memory, scores):
@@ -191,17 +200,8 @@ class InfLLMPolicy(Policy):
         while len(recent) - cfg.block_size >= self.n_local:
             keys, values, positions = recent.slice(0, cfg.block_size)
             block_scores = scores.data[:cfg.block_size]  # [bs, B, H]
-            representative = self._representative(keys, block_scores)  # [B, H, d]
+            representative = self.selector.representative(keys, block_scores)  # [B, H, (r,) d]
             memory.append(keys.to(memory.device), values.to(memory.device), positions.to(memory.device))
             kv.buffer("repr", representative[None]).append(representative[None])
             recent.drop_front(cfg.block_size)
             scores.drop_front(cfg.block_size)
-
-    def _representative(self, keys, block_scores):
-        """Mean of the `repr_tokens` keys that received the most attention, per query head."""
-        batch, n_kv, bs, dim = keys.shape
-        n_heads = block_scores.shape[2]
-        expanded = keys.repeat_interleave(n_heads // n_kv, dim=1)  # [B, H, bs, d]
-        top = block_scores.permute(1, 2, 0).topk(self.config.repr_tokens, dim=-1).indices  # [B, H, r]
-        chosen = expanded.gather(2, top[..., None].expand(-1, -1, -1, dim))
-        return chosen.mean(dim=2)
