@@ -62,7 +62,8 @@ def wonderwords_list(kind: str) -> tuple[str, ...]:
         raise LongreachError("the RULER word lists need the wonderwords package: pip install wonderwords")
     path = root / "assets" / f"{kind}list.txt"
     if not path.is_file():
-        raise LongreachError(f"the wonderwords package has no {path.name}; reinstall it (pip install -U wonderwords)")
+        raise LongreachError(f"the wonderwords package has no {path.name}; "
+                             "reinstall it (pip install -U wonderwords)")
     return tuple(line.rstrip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
 
 

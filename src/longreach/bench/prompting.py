@@ -64,7 +64,7 @@ def wrap_messages(tokenizer, system: str | None, turns: list[str], chat: bool) -
     else:
         wrapped = "\n\n".join(([system] if system else []) + markers)
     offsets, text = [], wrapped
-    for marker, turn in zip(markers, turns):
+    for marker, turn in zip(markers, turns, strict=True):
         at = text.index(marker)
         offsets.append(at)
         text = text[:at] + turn + text[at + len(marker):]
@@ -78,11 +78,13 @@ def encode_sample(tokenizer, built: Built, answers: list[str], max_new_tokens: i
     return Sample(ids, answers, max_new_tokens, spans, meta)
 
 
-def largest_fitting(count: Callable[[int], int], budget: int, low: int, probe: int) -> int | None:
+def largest_fitting(count: Callable[[int], int], budget: int, low: int, probe: int,
+                    tolerance: int = 2) -> int | None:
     """Largest n >= low with count(n) <= budget, for a count that grows with n; None if low overflows.
 
     Interpolates from the measured tokens per unit and falls back to bisection, so a fit is found
-    in a handful of tokenizations even for 100k-token prompts.
+    in a handful of tokenizations even for 100k-token prompts. With tolerance > 0 it stops early
+    at an n whose count is within `tolerance` tokens of the budget; 0 finds the exact largest n.
     """
     cache: dict[int, int] = {}
 
@@ -96,21 +98,21 @@ def largest_fitting(count: Callable[[int], int], budget: int, low: int, probe: i
     lo, hi = low, max(probe, low + 1)
     while tokens(hi) <= budget:  # grow until the bracket [lo fits, hi overflows] is found
         per_unit = max((tokens(hi) - tokens(lo)) / (hi - lo), 1e-3)
-        step = max(1, int((budget - tokens(hi)) / per_unit * 1.05) + 1)
-        lo, hi = hi, hi + min(step, 64 * (hi - lo) + 64)
-    halve = False
-    while hi - lo > 1:
-        if halve:
-            guess = (lo + hi) // 2
+        step = max(1, int((budget - tokens(hi)) / per_unit * 1.02) + 1)
+        lo, hi = hi, hi + min(step, 1024 * (hi - lo) + 1024)
+    stalls = 0
+    while hi - lo > 1 and not (tolerance and budget - tokens(lo) <= tolerance):
+        if stalls >= 2:  # interpolation keeps landing on one side: bisect once
+            guess, stalls = (lo + hi) // 2, 0
         else:
-            frac = (budget - tokens(lo)) / max(tokens(hi) - tokens(lo), 1)
-            guess = min(max(lo + int(frac * (hi - lo)), lo + 1), hi - 1)
+            per_unit = max((tokens(hi) - tokens(lo)) / (hi - lo), 1e-3)
+            guess = min(max(lo + int((budget - tokens(lo)) / per_unit), lo + 1), hi - 1)
         width = hi - lo
         if tokens(guess) <= budget:
             lo = guess
         else:
             hi = guess
-        halve = (hi - lo) * 2 > width  # interpolation stalled: bisect next
+        stalls = stalls + 1 if (hi - lo) * 2 > width else 0
     return lo
 
 

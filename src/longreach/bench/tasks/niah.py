@@ -93,7 +93,8 @@ def niah_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, chat:
         _, at = _insertion_char(text, offsets, n_tokens, depth)
         context = haystack[:at] + needle + haystack[at:]
         if chat:
-            prompt, starts = wrap_messages(tokenizer, SYSTEM, [context, question + QUESTION_SUFFIX], chat=True)
+            turns = [context, question + QUESTION_SUFFIX]
+            prompt, starts = wrap_messages(tokenizer, SYSTEM, turns, chat=True)
             start = starts[0]
         else:
             prompt = RAW_TEMPLATE.format(context=context, question=question)

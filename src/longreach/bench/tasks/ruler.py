@@ -20,12 +20,14 @@ from .ruler_words import cwe_sample, fwe_sample
 __all__ = ["METRICS", "SYNTHETIC_TASKS", "TASK_NAMES", "TEMPLATES", "ruler_sample", "skip_reason"]
 
 
-def skip_reason(subtask: str, squad: str | Path | None = None, hotpotqa: str | Path | None = None) -> str | None:
+def skip_reason(subtask: str, squad: str | Path | None = None,
+                hotpotqa: str | Path | None = None) -> str | None:
     """Why a task cannot run here (its data file was not supplied), or None when it can."""
     if subtask == "qa_1" and squad is None:
         return "qa_1 needs the SQuAD v2 dev JSON file (dev-v2.0.json); pass its path as squad"
     if subtask == "qa_2" and hotpotqa is None:
-        return "qa_2 needs the HotpotQA dev distractor JSON file (hotpot_dev_distractor_v1.json); pass it as hotpotqa"
+        return ("qa_2 needs the HotpotQA dev distractor JSON file (hotpot_dev_distractor_v1.json); "
+                "pass its path as hotpotqa")
     return None
 
 

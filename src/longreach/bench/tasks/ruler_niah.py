@@ -60,7 +60,8 @@ def _essay_context(rng: random.Random, words, n_words: int, needles: list[str]) 
 
 
 def _line_context(rng: random.Random, lines: list[str], needles: list[str]) -> str:
-    for index, needle in zip(sorted(rng.sample(range(len(lines)), len(needles)), reverse=True), needles):
+    indexes = sorted(rng.sample(range(len(lines)), len(needles)), reverse=True)
+    for index, needle in zip(indexes, needles, strict=True):
         lines.insert(index, needle)
     return "\n".join(lines)
 
@@ -84,7 +85,8 @@ def niah_sample(tokenizer, name: str, config: NiahConfig, length: int, seed: int
         for _ in range(num_keys):
             keys.append(random_value(rng, config.key_type))
             values.append([random_value(rng, config.value_type) for _ in range(config.num_values)])
-            needles += [NEEDLE.format(type_needle_v=config.value_type, key=keys[-1], value=v) for v in values[-1]]
+            needles += [NEEDLE.format(type_needle_v=config.value_type, key=keys[-1], value=v)
+                        for v in values[-1]]
         rng.shuffle(needles)
         asked = rng.sample(range(num_keys), config.num_queries)
         depths = None
@@ -93,7 +95,8 @@ def niah_sample(tokenizer, name: str, config: NiahConfig, length: int, seed: int
         elif haystack == "noise":
             context = _line_context(rng, [NOISE] * n_units, needles)
         else:
-            distractors = [NEEDLE.format(type_needle_v=config.value_type, key=random_value(rng, config.key_type),
+            distractors = [NEEDLE.format(type_needle_v=config.value_type,
+                                         key=random_value(rng, config.key_type),
                                          value=random_value(rng, config.value_type)) for _ in range(n_units)]
             context = _line_context(rng, distractors, needles)
         queries = [keys[i] for i in asked]

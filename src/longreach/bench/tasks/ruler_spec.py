@@ -30,7 +30,8 @@ TEMPLATES = {
     "common_words_extraction": Template(
         120,
         "Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
-        "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?",
+        "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above "
+        "list?",
         " Answer: The top 10 words that appear most often in the list are:"),
     "freq_words_extraction": Template(
         50,

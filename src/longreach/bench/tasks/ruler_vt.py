@@ -67,7 +67,8 @@ def _demonstration(tokenizer, seed_key: str, num_chains: int, num_hops: int) -> 
     return body + " " + " ".join(names) + "\n"
 
 
-def vt_sample(tokenizer, length: int, seed: int, chat: bool, num_chains: int = 1, num_hops: int = 4) -> Sample:
+def vt_sample(tokenizer, length: int, seed: int, chat: bool, num_chains: int = 1,
+              num_hops: int = 4) -> Sample:
     """One RULER vt sample: the largest noise haystack whose prompt fits `length`."""
     spec = TEMPLATES["variable_tracking"]
     budget = length - spec.tokens_to_generate

@@ -1,0 +1,53 @@
+"""Middle truncation of real-data prompts, as LongBench's pred.py does, fitted to a token budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import LongreachError
+from .prompting import count_tokens
+
+
+def middle_truncate(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
+    """LongBench v1: keep decode(first half) + decode(last half) of the ids when over `max_tokens`."""
+    ids = tokenizer(text)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text, False
+    half = int(max_tokens / 2)
+    head = tokenizer.decode(ids[:half], skip_special_tokens=True)
+    return head + tokenizer.decode(ids[-half:], skip_special_tokens=True), True
+
+
+def middle_truncate_joined(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
+    """LongBench v2: decode(ids[:n//2] + ids[-n//2:]) in one piece when over `max_tokens`."""
+    ids = tokenizer(text)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text, False
+    return tokenizer.decode(ids[:max_tokens // 2] + ids[-max_tokens // 2:], skip_special_tokens=True), True
+
+
+def fit_prompt(tokenizer, text: str, budget: int, wrap: Callable[[str], str], cap: int | None = None,
+               truncate: Callable = middle_truncate, what: str = "prompt") -> tuple[str, bool]:
+    """Truncate `text` in the middle so that wrap(text) takes at most `budget` tokens.
+
+    Args:
+        text: the filled task prompt, before any chat template (as pred.py truncates).
+        budget: tokens available for the wrapped prompt (length - max new tokens).
+        wrap: adds the chat template (or nothing) to a prompt.
+        cap: LongBench's max_length (model2maxlen) for the raw prompt, when given.
+    Returns:
+        (wrapped prompt text, whether it was truncated).
+    """
+    overhead = count_tokens(tokenizer, wrap(""))
+    target = budget - overhead if cap is None else min(cap, budget - overhead)
+    if target < 16:
+        raise LongreachError(f"a budget of {budget} prompt tokens leaves no room for the {what} "
+                             f"(the template alone takes {overhead})")
+    for _ in range(8):  # decode/encode round trips can add a few tokens: shrink and retry
+        short, truncated = truncate(tokenizer, text, target)
+        full = wrap(short)
+        excess = count_tokens(tokenizer, full) - budget
+        if excess <= 0:
+            return full, truncated
+        target -= excess
+    raise LongreachError(f"could not fit the {what} into {budget} tokens")

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+
+from longreach.bench import TaskOptions, load_samples, longbench2_summary, score
+from longreach.bench.metrics.retrieval import extract_answer
+from longreach.bench.tasks.longbench_spec import PROMPTS
+from longreach.errors import LongreachError
+
+
+def _record(dataset, context, question, answers, **extra):
+    return {"input": question, "context": context, "answers": answers, "length": len(context.split()),
+            "dataset": dataset, "language": "en", "all_classes": None, "_id": f"{dataset}-{question[:8]}",
+            **extra}
+
+
+@pytest.fixture
+def longbench_dir(tmp_path, write_jsonl):
+    long_context = " ".join(f"Passage {i}: the river number {i} flows north." for i in range(600))
+    write_jsonl(tmp_path / "hotpotqa.jsonl", [
+        _record("hotpotqa", "Passage 1: Paris is in France.", "Where is Paris?", ["France"]),
+        _record("hotpotqa", long_context, "Which way does river 7 flow?", ["north"]),
+        '{"input": "broken", ',
+        {"input": "no context", "answers": ["x"]},
+    ])
+    classes = ["Entity", "Location", "Human"]
+    write_jsonl(tmp_path / "trec.jsonl", [
+        _record("trec", "Question: Who wrote it?\nType: Human\n", "Question: Where is Rome?\nType:",
+                ["Location"], all_classes=classes)])
+    write_jsonl(tmp_path / "samsum.jsonl", [_record("samsum", "Dialogue: A: hi\nSummary: greet\n",
+                                                    "Dialogue: B: bye\nSummary:", ["B leaves."])])
+    return tmp_path
+
+
+def test_prompt_chat_template_and_problems(tokenizer, longbench_dir):
+    options = TaskOptions(data=longbench_dir)
+    result = load_samples("longbench", "hotpotqa", tokenizer, 2048, options=options)
+    assert [p.split(":")[1] for p in result.problems] == ["3", "4"]
+    assert "not valid JSON" in result.problems[0] and "context" in result.problems[1]
+    short, long = result.samples
+    expected = PROMPTS["hotpotqa"].format(context="Passage 1: Paris is in France.", input="Where is Paris?")
+    text = tokenizer.decode(short.prompt_ids)
+    assert expected in text and text.startswith("<|im_start|>system")
+    assert short.max_new_tokens == 32 and short.meta["metric"] == "qa_f1" and not short.meta["truncated"]
+    assert score("France.", short) == 1.0
+
+
+def test_middle_truncation_keeps_head_and_tail(tokenizer, longbench_dir):
+    result = load_samples("longbench", "hotpotqa", tokenizer, 1024, options=TaskOptions(data=longbench_dir))
+    long = result.samples[1]
+    assert long.meta["truncated"] and len(long.prompt_ids) + long.max_new_tokens <= 1024
+    assert len(long.prompt_ids) + long.max_new_tokens >= 1024 - 8
+    text = tokenizer.decode(long.prompt_ids)
+    assert "Answer the question based on the given passages." in text.split("Passage 0:")[0]
+    assert "Passage 0:" in text and "Passage 599:" in text and "Passage 300:" not in text
+    assert text.endswith("Question: Which way does river 7 flow?\nAnswer:"
+                         "<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_cap_like_model2maxlen(tokenizer, longbench_dir):
+    options = TaskOptions(data=longbench_dir, max_prompt_tokens=500)
+    long = load_samples("longbench", "hotpotqa", tokenizer, 4096, options=options).samples[1]
+    assert long.meta["truncated"] and len(long.prompt_ids) <= 500 + 40   # + chat template
+
+
+def test_few_shot_datasets_skip_the_chat_template(tokenizer, longbench_dir):
+    options = TaskOptions(data=longbench_dir)
+    trec = load_samples("longbench", "trec", tokenizer, 2048, options=options).samples[0]
+    text = tokenizer.decode(trec.prompt_ids)
+    assert "<|im_start|>" not in text and text.startswith("Please determine the type of the question below.")
+    assert trec.meta["first_line"] and trec.meta["all_classes"] == ["Entity", "Location", "Human"]
+    assert score("Location\nHuman", trec) == 1.0
+    samsum = load_samples("longbench", "samsum", tokenizer, 2048, options=options).samples[0]
+    assert samsum.meta["stop"] == ["\n"] and samsum.max_new_tokens == 128
+
+
+def test_bad_locations_and_names(tokenizer, longbench_dir, tmp_path):
+    with pytest.raises(LongreachError, match="not found"):
+        load_samples("longbench", "hotpotqa", tokenizer, 2048, options=TaskOptions(data=tmp_path / "nope"))
+    with pytest.raises(LongreachError, match="unknown longbench dataset 'hotpot'"):
+        load_samples("longbench", "hotpot", tokenizer, 2048, options=TaskOptions(data=longbench_dir))
+    with pytest.raises(LongreachError, match=r"qasper.jsonl is not in .*found: hotpotqa, samsum, trec"):
+        load_samples("longbench", "qasper", tokenizer, 2048, options=TaskOptions(data=longbench_dir))
+    with pytest.raises(LongreachError, match="needs its data location"):
+        load_samples("longbench", "hotpotqa", tokenizer, 2048)
+
+
+def _v2_item(i, answer="B", **extra):
+    return {"_id": f"id{i}", "domain": "Single-Document QA", "sub_domain": "x", "difficulty": "easy",
+            "length": "short", "question": f" Question {i}? ", "choice_A": "one", "choice_B": "two",
+            "choice_C": "three", "choice_D": "four", "answer": answer, "context": f"  Context number {i}.  ",
+            **extra}
+
+
+def test_longbench2(tokenizer, tmp_path):
+    (tmp_path / "data.json").write_text(json.dumps([_v2_item(1), _v2_item(2, answer="E"), "junk"]))
+    result = load_samples("longbench2", "all", tokenizer, 1024, options=TaskOptions(data=tmp_path))
+    assert len(result.samples) == 1 and len(result.problems) == 2
+    sample = result.samples[0]
+    text = tokenizer.decode(sample.prompt_ids)
+    assert ("Please read the following text and answer the question below.\n\n<text>\nContext number 1.\n"
+            "</text>\n\nWhat is the correct answer to this question: Question 1?\nChoices:\n(A) one\n"
+            "(B) two\n(C) three\n(D) four\n\nFormat your response as follows: \"The correct answer is "
+            "(insert answer here)\".") in text
+    assert sample.max_new_tokens == 128 and sample.meta["difficulty"] == "easy"
+    assert score("The correct answer is (B)", sample) == 1.0
+    assert score("The correct answer is (A)", sample) == 0.0
+
+
+def test_v2_answer_extraction_and_summary():
+    assert extract_answer("The correct answer is (C).") == "C"
+    assert extract_answer("**The correct answer is D**") == "D"
+    assert extract_answer("I would pick (A)") is None
+    summary = longbench2_summary([("easy", "short", 1.0), ("hard", "long", 0.0), ("hard", "medium", 1.0)])
+    assert (summary.overall, summary.easy, summary.hard) == (66.7, 100.0, 50.0)
+    assert (summary.short, summary.medium, summary.long) == (100.0, 100.0, 0.0)

