@@ -9,6 +9,7 @@ from ..errors import LongreachError
 from ..units import parse_count
 from .common import (PrefillProgress, add_model_options, add_sampling_options, dump_json, load_lm,
                      print_stats, read_text, sampling_kwargs)
+from .serve_commands import add_store_option, question_text, run_ask_context
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -51,8 +52,11 @@ def run_passkey(args):
 
 def _ask(sub):
     p = sub.add_parser("ask", help="answer a question about a long text file", formatter_class=_FMT)
-    p.add_argument("--file", required=True, help="UTF-8 text file to read")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="UTF-8 text file to read")
+    source.add_argument("--context", help="id of a stored context (see `longreach context list`)")
     p.add_argument("--question", required=True, help="the question")
+    add_store_option(p)
     add_model_options(p)
     add_sampling_options(p, max_new_tokens=128)
     p.set_defaults(run=run_ask)
@@ -61,11 +65,12 @@ def _ask(sub):
 def run_ask(args):
     if not args.question.strip():
         raise LongreachError("--question is empty")
+    if args.context:
+        return run_ask_context(args, _stream_out)
     document = read_text(args.file)
     sampling = sampling_kwargs(args)
     lm = load_lm(args)
-    messages = [{"role": "user", "content": f"{document}\n\nAnswer the question about the text above.\n"
-                                            f"Question: {args.question}"}]
+    messages = [{"role": "user", "content": f"{document}\n\n{question_text(args.question)}"}]
     _stream_out(lm, lm.chat_ids(messages), args, sampling)
     return 0
 
@@ -92,9 +97,9 @@ def run_generate(args):
     return 0
 
 
-def _stream_out(lm, ids, args, sampling: dict):
+def _stream_out(lm, ids, args, sampling: dict, context=None):
     progress = PrefillProgress()
-    run = lm.run(ids, args.max_new_tokens, on_progress=progress, **sampling)
+    run = lm.run(ids, args.max_new_tokens, on_progress=progress, context=context, **sampling)
     for piece in run:
         progress.close()
         sys.stdout.write(piece)

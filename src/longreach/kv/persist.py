@@ -218,25 +218,23 @@ def read_manifest(directory: Path) -> Manifest:
     return manifest
 
 
-def verify_tensors(directory: Path, manifest: Manifest) -> None:
-    """Check the tensors file against its size and full sha256 (reads the whole file)."""
+def check_files(directory: Path, manifest: Manifest, verify: bool = False) -> None:
+    """Check the tensors file's size, and with `verify` its full sha256 (reads the whole file)."""
     path = Path(directory) / TENSORS_FILE
-    _check_size(path, manifest)
-    try:
-        sha = file_sha256(path)
-    except OSError as exc:
-        raise CorruptMemory(f"cannot read {TENSORS_FILE}: {exc.strerror}") from None
-    if sha != manifest.tensors_sha256:
-        raise CorruptMemory(f"{TENSORS_FILE} fails its checksum")
-
-
-def _check_size(path: Path, manifest: Manifest) -> None:
     try:
         size = path.stat().st_size
     except OSError:
         raise CorruptMemory(f"{TENSORS_FILE} is missing") from None
     if size != manifest.tensors_bytes:
         raise CorruptMemory(f"{TENSORS_FILE} has {size} bytes, expected {manifest.tensors_bytes}")
+    if not verify:
+        return
+    try:
+        sha = file_sha256(path)
+    except OSError as exc:
+        raise CorruptMemory(f"cannot read {TENSORS_FILE}: {exc.strerror}") from None
+    if sha != manifest.tensors_sha256:
+        raise CorruptMemory(f"{TENSORS_FILE} fails its checksum")
 
 
 class StoredMemory:
@@ -282,10 +280,8 @@ def load_session(lm, directory: Path, fingerprint: Fingerprint | None = None, ve
     reason = fingerprint.mismatch(manifest.model_fingerprint)
     if reason:
         raise IncompatibleMemory(reason)
+    check_files(directory, manifest, verify)
     path = directory / TENSORS_FILE
-    _check_size(path, manifest)
-    if verify:
-        verify_tensors(directory, manifest)
     try:
         if header_sha256(path) != manifest.header_sha256:
             raise CorruptMemory(f"{TENSORS_FILE}: header fails its checksum")
