@@ -78,8 +78,9 @@ def create_app(lm, config: ServerConfig) -> FastAPI:
     """Build the server for a loaded LongLM. The model worker starts and stops with the app's lifespan."""
     store = ContextStore(config.store, Fingerprint.of(lm), config.cache_bytes, config.verify_contexts)
     worker = ModelWorker(config.queue_size)
-    state = ServerState(lm, config, store, worker, Runner(lm, store, worker, config.max_context_tokens),
-                        threading.Lock(), int(time.time()))
+    tokenizer_lock = threading.Lock()
+    runner = Runner(lm, store, worker, config.max_context_tokens, tokenizer_lock)
+    state = ServerState(lm, config, store, worker, runner, tokenizer_lock, int(time.time()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -34,7 +34,7 @@ from ..kv.persist import (
     remove_stale_temporaries,
     save_session,
 )
-from .prompts import context_text
+from .prompts import ContextText, context_text
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -207,10 +207,19 @@ class ContextStore:
             should_stop: polled while writing; true abandons the add.
             source: where the text came from (kept in the manifest).
         """
-        path = self.path(context_id)
-        if path.exists():
+        if self.path(context_id).exists():  # before tokenizing a possibly long text
             raise ContextExists(f"context {context_id!r} already exists; remove it first")
         document = context_text(lm, text, fmt, system)
+        return self.add_document(lm, context_id, document, fmt, system, max_tokens=max_tokens,
+                                 on_progress=on_progress, should_stop=should_stop, source=source)
+
+    def add_document(self, lm, context_id: str, document: ContextText, fmt: str = "chat",
+                     system: str | None = None, *, max_tokens: int | None = None,
+                     on_progress: Callable[[int, int], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None, source: str | None = None) -> ContextInfo:
+        """`add` for an already tokenized document (see `prompts.context_text`)."""
+        if self.path(context_id).exists():
+            raise ContextExists(f"context {context_id!r} already exists; remove it first")
         if max_tokens is not None and len(document.ids) > max_tokens:
             raise ContextTooLong(f"the document has {len(document.ids)} tokens; this server accepts "
                                  f"at most {max_tokens} per context")

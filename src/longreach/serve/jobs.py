@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from .contexts import ContextInfo, ContextStore
-from .prompts import PromptIds
+from .prompts import PromptIds, context_text
 from .worker import Job, ModelWorker
 
 
@@ -46,9 +47,10 @@ class Generated:
 class Runner:
     """Runs jobs on the worker thread with the server's model and context store."""
 
-    def __init__(self, lm, store: ContextStore, worker: ModelWorker, max_context_tokens: int):
+    def __init__(self, lm, store: ContextStore, worker: ModelWorker, max_context_tokens: int,
+                 tokenizer_lock: threading.Lock):
         self.lm, self.store, self.worker = lm, store, worker
-        self.max_context_tokens = max_context_tokens
+        self.max_context_tokens, self.tokenizer_lock = max_context_tokens, tokenizer_lock
 
     def generate(self, job: Job, spec: GenerateSpec, index: int = 0) -> Generated:
         """Generate after the prompt (and stored context); stream pieces as ("piece", (index, text))."""
@@ -119,7 +121,10 @@ class Runner:
 
     def add_context(self, job: Job, name: str, text: str, fmt: str, system: str | None) -> ContextInfo:
         """Tokenize, prefill and save a document as context `name`."""
-        info = self.store.add(self.lm, name, text, fmt, system, max_tokens=self.max_context_tokens,
-                              on_progress=job.progress, should_stop=lambda: job.cancelled, source="api")
+        with self.tokenizer_lock:  # request handlers tokenize on other threads
+            document = context_text(self.lm, text, fmt, system)
+        info = self.store.add_document(self.lm, name, document, fmt, system,
+                                       max_tokens=self.max_context_tokens, on_progress=job.progress,
+                                       should_stop=lambda: job.cancelled, source="api")
         self.worker.count(prefilled_tokens=info.tokens, contexts_added=1)
         return info
