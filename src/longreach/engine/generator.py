@@ -242,8 +242,9 @@ class GenerationRun:
             generation_tps=len(generated) / max(t2 - t1, 1e-9) if generated else 0.0,
             peak_memory_mb=peak_mb(device), kv_bytes=session.store.nbytes,
             kv_bytes_by_device=session.store.bytes_by_device())
-        selections = session.trace.selections if session.trace is not None else None
-        self.result = GenerationResult(text, generated, finish, stats, selections)
+        trace = session.trace
+        self.result = GenerationResult(text, generated, finish, stats, trace.selections if trace else None,
+                                       trace.selection_seconds if trace else 0.0)
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

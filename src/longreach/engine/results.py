@@ -29,6 +29,7 @@ class GenerationResult:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     stats: GenerationStats
     selections: list[dict] | None = None  # block selections, when traced
+    selection_seconds: float = 0.0  # time spent choosing blocks, when traced
 
     def to_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "finish_reason": self.finish_reason,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import time
+
 import torch
 
 from ..attention import attend, merge, received_mass, summed_logits
@@ -168,6 +170,7 @@ class InfLLMPolicy(Policy):
         n_blocks = len(memory) // bs if memory is not None else 0
         if n_blocks == 0 or self.config.topk_blocks == 0:
             return [], []
+        started = time.perf_counter()
         if n_blocks <= self.config.topk_blocks:
             blocks = torch.arange(n_blocks)
         else:
@@ -175,6 +178,7 @@ class InfLLMPolicy(Policy):
                                        self.config.topk_blocks, bs, self.ctx.scale, self.phase, last)
             blocks = self.selector.select(request)
         if self.ctx.trace is not None:
+            self.ctx.trace.selection_seconds += time.perf_counter() - started
             first = int(memory.positions[0])
             self.ctx.trace.record(layer, (int(positions[0]), int(positions[-1])),
                                   (blocks * bs + first).tolist(), bs, (first, first + n_blocks * bs))

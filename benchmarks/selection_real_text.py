@@ -1,0 +1,97 @@
+"""Block selection on real text: essay NIAH and RULER's essay NIAH tasks, per selection strategy.
+
+For each strategy x task x length x depth: accuracy, needle-block recall at the question
+(retrievals made by the prompt's last execution block and the answer's decoding steps),
+prefill tokens/s and the share of prefill time spent selecting blocks. The noise passkey is
+included to show nothing regressed. Finished cells are kept: rerun to continue.
+
+    python benchmarks/selection_real_text.py --lengths 8k,16k,32k,64k --selections paper,question
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from common import ResultFile, markdown_table
+
+import longreach
+from longreach.bench import make_sample, score
+from longreach.diagnostics import needle_block_recall
+from longreach.units import parse_count
+
+TASKS = {  # name -> (task, subtask)
+    "niah_essay": ("niah", "niah"),
+    "ruler_niah_single_2": ("ruler", "niah_single_2"),
+    "ruler_niah_single_3": ("ruler", "niah_single_3"),
+    "ruler_niah_multikey_1": ("ruler", "niah_multikey_1"),
+    "ruler_niah_multivalue": ("ruler", "niah_multivalue"),
+    "ruler_niah_multiquery": ("ruler", "niah_multiquery"),
+    "passkey_noise": ("passkey", "passkey"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="8k,16k,32k,64k")
+    parser.add_argument("--depths", default="0.1,0.5,0.9", help="for niah and passkey (RULER draws its own)")
+    parser.add_argument("--selections", default="paper,question")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--chat", action="store_true", help="chat-template prompts (default: raw)")
+    parser.add_argument("--out", default="docs/results/selection_real_text.json")
+    args = parser.parse_args()
+    lengths = [parse_count(x) for x in args.lengths.split(",")]
+    depths = [float(x) for x in args.depths.split(",")]
+    results = ResultFile(args.out, {"chat": args.chat, "template": "raw" if not args.chat else "chat"})
+    base = longreach.load(method="dense")
+    for length in lengths:
+        for name in args.tasks.split(","):
+            task, subtask = TASKS[name]
+            for depth in depths if task != "ruler" else [None]:
+                sample = make_sample(task, subtask, base.tokenizer, length, seed=0, chat=args.chat, depth=depth)
+                for selection in args.selections.split(","):
+                    key = f"{selection}|{name}|{length}|{depth}"
+                    if results.done(key):
+                        continue
+                    lm = base.with_method("infllm", selection=selection)
+                    result = lm.generate(sample.prompt_ids, sample.max_new_tokens, trace=True)
+                    recall = needle_block_recall(result.selections, sample.needle_token_spans,
+                                                 from_position=len(sample.prompt_ids) - 1)
+                    cell = {"selection": selection, "task": name, "length": length, "depth": depth,
+                            "score": score(result.text, sample), "prediction": result.text[:200],
+                            "answers": sample.answers, "recall": recall["recall"],
+                            "recall_per_layer": recall["per_layer"], "prompt_tps": result.stats.prompt_tps,
+                            "selection_share": result.selection_seconds / max(result.stats.prefill_seconds, 1e-9),
+                            "haystack": sample.meta.get("haystack")}
+                    results.put(key, cell)
+                    print(f"{key}: score {cell['score']:.2f} recall {cell['recall']} "
+                          f"{cell['prompt_tps']:.0f} tok/s, selection {cell['selection_share']:.1%} "
+                          f"{cell['prediction'][:60]!r}", flush=True)
+    table = summarise(results.data["cells"])
+    Path(args.out).with_suffix(".md").write_text(
+        "# Block selection on real text (SmolLM2-135M-Instruct, infllm)\n\n"
+        f"Command: `python benchmarks/selection_real_text.py --lengths {args.lengths} "
+        f"--selections {args.selections}`\n\n" + table + "\n")
+    print(table)
+    return 0
+
+
+def summarise(cells: dict) -> str:
+    groups = defaultdict(list)
+    for cell in cells.values():
+        groups[(cell["task"], cell["length"], cell["selection"])].append(cell)
+    rows = []
+    for (task, length, selection), group in sorted(groups.items()):
+        recalls = [c["recall"] for c in group if c["recall"] is not None]
+        rows.append([task, f"{length // 1024}K", selection, f"{sum(c['score'] for c in group) / len(group):.0%}",
+                     f"{sum(recalls) / len(recalls):.0%}" if recalls else "n/a",
+                     f"{sum(c['prompt_tps'] for c in group) / len(group):.0f}",
+                     f"{max(c['selection_share'] for c in group):.1%}", len(group)])
+    return markdown_table(["task", "length", "selection", "accuracy", "needle-block recall", "prefill tok/s",
+                           "selection / prefill time", "samples"], rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
