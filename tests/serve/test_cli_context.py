@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from serve_helpers import document
 
-from conftest import document
 from longreach.cli.main import main
 
 

@@ -7,8 +7,7 @@ import time
 
 import httpx
 import openai
-
-from conftest import document
+from serve_helpers import document
 
 MESSAGES = [{"role": "user", "content": document(15)}]
 SHORT = [{"role": "user", "content": "Count to ten."}]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from serve_helpers import INFLLM_OPTIONS, document
 
-from conftest import INFLLM_OPTIONS, document
 from longreach.kv.persist import TENSORS_FILE, CorruptMemory, Fingerprint, IncompatibleMemory
 from longreach.serve.contexts import (
     ContextExists,

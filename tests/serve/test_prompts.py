@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from serve_helpers import document
 
-from conftest import document
 from longreach.errors import LongreachError
 from longreach.serve.prompts import chat_continuation, completion_prompts, context_text
 

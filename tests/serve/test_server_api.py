@@ -8,8 +8,7 @@ import httpx
 import openai
 import pytest
 import torch
-
-from conftest import document
+from serve_helpers import document
 
 CHAT = [{"role": "user", "content": "Name three colours."}]
 

@@ -9,8 +9,8 @@ import time
 import httpx
 import openai
 import pytest
+from serve_helpers import Server, document
 
-from conftest import Server, document
 from longreach.kv.persist import TENSORS_FILE
 
 QUESTION = [{"role": "user", "content": "What is the warranty period of the Zentrix 4000?"}]

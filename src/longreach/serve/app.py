@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -34,6 +35,8 @@ from .schemas import (
     ModelList,
 )
 from .worker import Channel, Job, ModelWorker
+
+log = logging.getLogger("longreach.serve")
 
 
 @dataclass
@@ -84,6 +87,9 @@ def create_app(lm, config: ServerConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        for info in await to_thread.run_sync(store.list):
+            if info.status != "ready":
+                log.warning("context %s is %s: %s", info.id, info.status, info.error)
         worker.start()
         yield
         await to_thread.run_sync(worker.stop, config.shutdown_grace_seconds)
@@ -119,8 +125,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 async def parse_body(request: Request, schema: type[BaseModel]):
     """The request body validated against `schema`; bad JSON or fields are a 400 in the OpenAI shape."""
     raw = await request.body()
-    try:
-        data = json.loads(raw)
+    try:  # large documents are parsed off the event loop
+        data = json.loads(raw) if len(raw) < (1 << 20) else await to_thread.run_sync(json.loads, raw)
     except ValueError:
         raise APIError(400, "We could not parse the JSON body of your request: it is not valid JSON.",
                        "invalid_json") from None
