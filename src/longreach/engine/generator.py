@@ -58,18 +58,21 @@ class Session:
         return hidden
 
     def prefill(self, ids: list[int] | torch.Tensor, chunk: int = 512,
-                on_progress: ProgressFn | None = None, all_logits: bool = False) -> torch.Tensor:
+                on_progress: ProgressFn | None = None, all_logits: bool = False,
+                final: bool = True) -> torch.Tensor:
         """Process prompt ids chunk by chunk, continuing after what the session holds.
 
         Returns the logits [V] of the last position (the lm head runs only there), or
         [n, V] for every position with `all_logits` (for prompt log-probabilities).
+        `final=False` marks the ids as not ending the prompt (a stored document that a
+        question will follow), so question-aware methods wait for the real end.
         """
         ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.numel() == 0:
             raise LongreachError("the prompt is empty")
         last, every = None, []
         for start in range(0, ids.numel(), chunk):
-            self.policy.phase = "final" if start + chunk >= ids.numel() else "prefill"
+            self.policy.phase = "final" if final and start + chunk >= ids.numel() else "prefill"
             hidden = self._forward(ids[start:start + chunk])
             last = hidden[:, -1]
             if all_logits:

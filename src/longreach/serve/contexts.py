@@ -234,7 +234,7 @@ class ContextStore:
         path = self.path(context_id)
         session = lm.new_session()
         start = time.perf_counter()
-        last_logits = session.prefill(ids, lm.prefill_chunk, on_progress)
+        last_logits = session.prefill(ids, lm.prefill_chunk, on_progress, final=False)
         seconds = time.perf_counter() - start
         extra = {"id": context_id, "format": "raw", "head": "", **(extra or {})}
         try:
