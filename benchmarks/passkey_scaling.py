@@ -45,24 +45,42 @@ def run_cell(lm, sample) -> dict:
             "generation_tps": s.generation_tps, "peak_rss_mb": s.peak_memory_mb, "kv_bytes": s.kv_bytes}
 
 
+class _Clock:
+    """A generate() streamer that timestamps each token: prefill ends when the first one arrives."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
 def hf_reference(lm, sample, new_tokens: int = 10) -> dict:
     """transformers' own generate on the same weights: prefill rate, decode rate, greedy text."""
     model = lm.adapter.hf_model
     ids = torch.tensor([sample.prompt_ids])
-    mask = torch.ones_like(ids)
-    kwargs = dict(attention_mask=mask, do_sample=False, pad_token_id=lm.tokenizer.eos_token_id)
+    clock = _Clock()
     with torch.inference_mode():
-        t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, **kwargs)
-        t1 = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-        t2 = time.perf_counter()
-    prefill = t1 - t0
-    decode = max((t2 - t1) - prefill, 1e-9)
+        start = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             pad_token_id=lm.tokenizer.eos_token_id, streamer=clock)
+    first, last = clock.times[1], clock.times[-1]  # times[0] is the prompt itself
     text = lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    return {"prompt_tokens": ids.shape[1], "prompt_tps": ids.shape[1] / prefill,
-            "generation_tps": (new_tokens - 1) / decode, "text": text,
+    return {"prompt_tokens": ids.shape[1], "prompt_tps": ids.shape[1] / (first - start),
+            "generation_tps": (len(clock.times) - 2) / max(last - first, 1e-9), "text": text,
             "correct": score_passkey(text, sample.answers)}
+
+
+def best_of(runs: list[dict]) -> dict:
+    """The fastest of repeated runs (machine noise only ever slows a run down)."""
+    best = dict(runs[0])
+    best["prompt_tps"] = max(r["prompt_tps"] for r in runs)
+    best["generation_tps"] = max(r["generation_tps"] for r in runs)
+    return best
 
 
 def summarise(data: dict, flops_per_token: dict, gflops: float) -> str:
@@ -119,14 +137,18 @@ def main() -> int:
             if str(length) in reference:
                 continue
             sample = passkey_sample(tokenizer, length, 0.5, seed=0)
-            r = hf_reference(base, sample)
-            dense = base.generate(sample.prompt_ids, 10)
-            r["dense"] = {"prompt_tps": dense.stats.prompt_tps, "generation_tps": dense.stats.generation_tps,
-                          "text": dense.text}
+            hf_runs, dense_runs = [], []
+            for _ in range(2):  # interleaved, so both see the same machine load
+                hf_runs.append(hf_reference(base, sample))
+                dense = base.generate(sample.prompt_ids, 10)
+                dense_runs.append({"prompt_tps": dense.stats.prompt_tps, "text": dense.text,
+                                   "generation_tps": dense.stats.generation_tps})
+            r = best_of(hf_runs)
+            r["dense"] = best_of(dense_runs)
             reference[str(length)] = r
             results.put_extra("hf_reference", reference)
             print(f"reference {length}: HF {r['prompt_tps']:.0f} tok/s prefill, {r['generation_tps']:.1f} decode; "
-                  f"dense {dense.stats.prompt_tps:.0f} / {dense.stats.generation_tps:.1f}", flush=True)
+                  f"dense {r['dense']['prompt_tps']:.0f} / {r['dense']['generation_tps']:.1f}", flush=True)
 
     flops = results.data["extra"].get("flops_per_token", {})
     for method in methods:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from tiny import CONFIGS, all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 

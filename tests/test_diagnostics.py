@@ -1,6 +1,5 @@
-from tiny import prompt_ids, tiny_lm
-
 from longreach.diagnostics import needle_block_recall
+from tiny import prompt_ids, tiny_lm
 
 SMALL = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
 

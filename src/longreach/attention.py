@@ -84,7 +84,7 @@ def merge(parts: list[Partial]) -> tuple[torch.Tensor, torch.Tensor]:
     lse = torch.stack([p.lse for p in parts]).float()
     total = torch.logsumexp(lse, dim=0)
     weights = torch.exp(lse - total.clamp_min(-1e30)).nan_to_num(0.0)
-    out = sum(w[..., None].to(p.out.dtype) * p.out for w, p in zip(weights, parts))
+    out = sum(w[..., None].to(p.out.dtype) * p.out for w, p in zip(weights, parts, strict=True))
     return out, total
 
 

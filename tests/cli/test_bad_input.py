@@ -9,8 +9,6 @@ import pytest
 from longreach.cli.main import main
 
 
-
-
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LONGREACH_CACHE", str(tmp_path / "cache"))

@@ -1,8 +1,8 @@
 import pytest
 import torch
-from tiny import prompt_ids, tiny_lm
 
 from longreach.errors import LongreachError
+from tiny import prompt_ids, tiny_lm
 
 
 def test_streamed_pieces_make_the_text():

@@ -1,8 +1,8 @@
 import torch
+from transformers import LlamaConfig
 
 from longreach.kv import KVStore
 from longreach.rope import RotaryEmbedding
-from transformers import LlamaConfig
 
 
 def _tokens(start, n, heads=2, dim=8):

@@ -1,10 +1,10 @@
 import pytest
 import torch
 from references import FixedDistanceConfig
-from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 from longreach.errors import LongreachError
 from longreach.methods import method_config
+from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 SMALL = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
 

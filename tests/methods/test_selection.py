@@ -3,9 +3,9 @@
 import pytest
 import torch
 from references import FixedDistanceConfig
-from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 from longreach.methods.selection import SELECTORS
+from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 SMALL = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
 

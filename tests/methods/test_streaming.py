@@ -1,6 +1,7 @@
 import pytest
 import torch
 from references import StreamingReferenceConfig
+
 from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 

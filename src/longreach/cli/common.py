@@ -60,7 +60,6 @@ def load_lm(args):
     import longreach
 
     from ..methods import method_config
-
     from ..models.loading import auto_device, parse_dtype
 
     options = parse_options(args.option)

@@ -13,9 +13,8 @@ and the `topk_blocks` memory blocks it retrieves, all placed at the fixed distan
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import time
+from dataclasses import dataclass
 
 import torch
 

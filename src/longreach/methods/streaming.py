@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..attention import attend, merge
 from .base import MethodConfig, Policy, check, option
 

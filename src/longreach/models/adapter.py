@@ -80,10 +80,7 @@ class DecoderAdapter:
 
     def flops_per_token(self, context: int = 0) -> float:
         """Multiply-adds x2 per token for the projections and MLP, plus attention over `context` keys."""
-        weights = 0
-        for name, p in self.layers[0].named_parameters():
-            if p.dim() == 2:
-                weights += p.numel()
+        weights = sum(p.numel() for p in self.layers[0].parameters() if p.dim() == 2)
         linear = 2.0 * weights * self.n_layers
         attention = 4.0 * self.n_heads * self.head_dim * context * self.n_layers
         return linear + attention
