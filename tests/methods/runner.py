@@ -11,14 +11,22 @@ WITHIN_WINDOW = {
     "dense": {},
     "streaming": {"n_sink": 4, "window": 256},
     "infllm": {"n_local": 224, "n_init": 4, "block_size": 8, "topk_blocks": 2, "exec_block": 32},
+    "self_extend": {"window": 255, "group_size": 4},
+    "snapkv": {"budget": 256, "obs_window": 8},
+    "squeezed": {"positions": "true"},
 }
 BEYOND_WINDOW = {
     "dense": {},
     "streaming": {"n_sink": 4, "window": 40},
     "infllm": {"n_local": 32, "n_init": 4, "block_size": 8, "topk_blocks": 2, "exec_block": 16},
+    "self_extend": {"window": 32, "group_size": 4},
+    "snapkv": {"budget": 48, "obs_window": 8, "compress": "chunk", "positions": "renumbered"},
+    "squeezed": {"n_local": 32, "n_init": 4, "block_size": 8, "topk_blocks": 2, "exec_block": 16},
 }
 # Chunk sizes for which the algorithm promises identical results beyond its window.
-INVARIANT_CHUNKS = {"dense": [200, 64, 7, 1], "streaming": [200, 64, 7, 1], "infllm": [200, 64, 32, 16]}
+# (snapkv with compress=chunk compresses after each chunk: it depends on the chunk size by design.)
+INVARIANT_CHUNKS = {"dense": [200, 64, 7, 1], "streaming": [200, 64, 7, 1], "infllm": [200, 64, 32, 16],
+                    "self_extend": [200, 64, 7, 1], "snapkv": [64], "squeezed": [200, 64, 32, 16]}
 
 
 def check_exact_within_window(method: str, arch: str = "llama") -> None:

@@ -11,6 +11,8 @@ from collections import defaultdict
 
 import torch
 
+from .quant import QuantizedSegment, QuantSpec
+
 
 class KVSegment:
     """A growable run of keys [B, Hkv, n, d], values and positions [n] on one device."""
@@ -209,14 +211,19 @@ class LayerKV:
         self.buffers: dict[str, GrowingBuffer] = {}
         self.offloaded: set[str] = set()
 
-    def segment(self, name: str, offload: bool = False) -> KVSegment:
-        """The segment `name`, created on first use; `offload` puts it on the store's cold tier."""
+    def segment(self, name: str, offload: bool = False, n_kv_heads: int | None = None) -> KVSegment:
+        """The segment `name`, created on first use; `offload` puts it on the store's cold tier.
+
+        `n_kv_heads` makes a segment with fewer heads (e.g. one per KV head for per-head
+        selections); a store with a `quant` spec creates quantized segments.
+        """
         if name not in self.segments:
             s = self._store
             device = s.offload_device if offload else s.device
             if offload:
                 self.offloaded.add(name)
-            self.segments[name] = KVSegment(s.batch, s.n_kv_heads, s.head_dim, s.dtype, device)
+            shape = (s.batch, n_kv_heads or s.n_kv_heads, s.head_dim, s.dtype, device)
+            self.segments[name] = KVSegment(*shape) if s.quant is None else QuantizedSegment(*shape, s.quant)
         return self.segments[name]
 
     def buffer(self, name: str, like: torch.Tensor) -> GrowingBuffer:
@@ -231,9 +238,10 @@ class KVStore:
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device | str, offload_device: torch.device | str | None = None,
-                 batch: int = 1):
+                 batch: int = 1, quant: QuantSpec | None = None):
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.dtype, self.batch = dtype, batch
+        self.quant = quant  # int8/int4 segments when set (see kv/quant.py)
         self.device = torch.device(device)
         self.offload_device = torch.device(offload_device) if offload_device else torch.device("cpu")
         self.layers = [LayerKV(self) for _ in range(n_layers)]
@@ -241,10 +249,17 @@ class KVStore:
     def __getitem__(self, layer: int) -> LayerKV:
         return self.layers[layer]
 
+    def set_quant(self, quant: QuantSpec | None) -> None:
+        """Quantize the segments created from now on; only allowed while the store is empty."""
+        if any(layer.segments for layer in self.layers):
+            raise ValueError("KV quantization must be chosen before anything is stored")
+        self.quant = quant
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors: "{layer}.{seg|cold}.{name}.{keys|values|positions}" and "{layer}.buf.{name}".
 
-        "cold" marks segments that live on the offload tier.
+        "cold" marks segments that live on the offload tier. A quantized segment's parts are
+        its codes, scales and zero points instead of keys and values (see kv/quant.py).
         """
         state = {}
         for i, layer in enumerate(self.layers):
@@ -274,7 +289,7 @@ class KVStore:
     def clone(self) -> KVStore:
         """An independent copy (a fork of this sequence's memory)."""
         copy = KVStore(self.n_layers, self.n_kv_heads, self.head_dim, self.dtype, self.device,
-                       self.offload_device, self.batch)
+                       self.offload_device, self.batch, self.quant)
         for mine, theirs in zip(self.layers, copy.layers):
             theirs.segments = {name: seg.clone() for name, seg in mine.segments.items()}
             theirs.offloaded = set(mine.offloaded)

@@ -6,12 +6,18 @@ from ..errors import LongreachError
 from .base import MethodConfig, MethodContext, Policy, Trace
 from .dense import DenseConfig
 from .infllm import InfLLMConfig
+from .self_extend import SelfExtendConfig
+from .snapkv import SnapKVConfig
+from .squeezed import SqueezedConfig
 from .streaming import StreamingConfig
 
 METHODS: dict[str, type[MethodConfig]] = {
     "dense": DenseConfig,
     "streaming": StreamingConfig,
     "infllm": InfLLMConfig,
+    "self_extend": SelfExtendConfig,
+    "snapkv": SnapKVConfig,
+    "squeezed": SqueezedConfig,
 }
 
 

@@ -8,14 +8,16 @@ stored keys each query attends to and at which positions, and returns the output
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field, fields
 
 import torch
 
 from ..errors import LongreachError
-from ..kv import KVStore
+from ..kv import KVStore, QuantSpec
 from ..rope import RotaryEmbedding
+from ..rope_scaling import SCALINGS, scaled_rope, scaling_factor
 from ..units import parse_count
 
 
@@ -49,12 +51,62 @@ def _coerce(value, annotation: str, name: str):
     raise LongreachError(f"option {name}={value!r} is not a valid {annotation}")
 
 
+KV_QUANT = {"int8": 8, "int4": 4}
+
+
 @dataclass(slots=True)
 class MethodConfig:
-    """Base of every method's options. Subclasses validate in `__post_init__`."""
+    """Base of every method's options. Subclasses validate in `__post_init__`.
+
+    The options below are shared by every method: RoPE scaling and KV quantization are
+    applied to the method's context (`prepare`) before its `build` runs, so a method needs
+    no code of its own for them. A method that cannot combine with one refuses it in `build`.
+    """
 
     name: typing.ClassVar[str] = ""
     summary: typing.ClassVar[str] = ""
+    SHARED: typing.ClassVar[tuple[str, ...]] = ("rope_scaling", "rope_factor", "target_length", "kv_quant",
+                                                "kv_group")
+
+    rope_scaling: str | None = option(None, f"RoPE scaling: {', '.join(SCALINGS)} (none by default)")
+    rope_factor: float | None = option(None, "RoPE scaling factor; default: target_length / trained window")
+    target_length: int | None = option(None, "input length the RoPE scaling must reach (sets the factor)")
+    kv_quant: str | None = option(None, "store keys and values as int8 or int4, dequantized on the fly")
+    kv_group: int = option(64, "KV quantization group: tokens per key scale, channels per value scale")
+
+    def __init_subclass__(cls, **kwargs):
+        # Every method's build runs on the prepared context (RoPE scaling, quantized store).
+        # (No zero-argument super() here: slots dataclasses are re-created, which breaks it.)
+        build = cls.__dict__.get("build")
+        if build is not None and not getattr(build, "prepares_context", False):
+            @functools.wraps(build)
+            def build_prepared(self, ctx, _build=build):
+                return _build(self, self.prepare(ctx))
+            build_prepared.prepares_context = True
+            cls.build = build_prepared
+
+    def check_shared(self) -> None:
+        """Validate the shared options (ValueError with a clear message)."""
+        check(self.rope_scaling is None or self.rope_scaling in SCALINGS,
+              f"rope_scaling must be one of {', '.join(SCALINGS)}")
+        check(self.rope_scaling is not None or (self.rope_factor is None and self.target_length is None),
+              "rope_factor and target_length need rope_scaling (e.g. rope_scaling=yarn)")
+        check(self.rope_factor is None or self.rope_factor >= 1.0, "rope_factor must be >= 1")
+        check(self.kv_quant is None or self.kv_quant in KV_QUANT,
+              f"kv_quant must be one of {', '.join(KV_QUANT)}")
+        check(self.kv_group >= 1, "kv_group must be >= 1")
+
+    def prepare(self, ctx: MethodContext) -> MethodContext:
+        """The context with the shared options applied: a quantized store, a scaled RoPE and the
+        trained window it reaches. Options left at their defaults leave the context unchanged."""
+        self.check_shared()
+        if self.kv_quant is not None:
+            ctx.store.set_quant(QuantSpec(KV_QUANT[self.kv_quant], self.kv_group))
+        if self.rope_scaling is not None:
+            factor = scaling_factor(self.rope_factor, self.target_length, ctx.trained_window)
+            rope = scaled_rope(ctx.rope, self.rope_scaling, factor)
+            ctx = dataclasses.replace(ctx, rope=rope, trained_window=int(ctx.trained_window * factor))
+        return ctx
 
     @classmethod
     def from_dict(cls, options: dict | None = None) -> MethodConfig:
@@ -68,7 +120,9 @@ class MethodConfig:
                 f"valid: {', '.join(known) or '(none)'}")
         values = {k: _coerce(v, str(known[k].type), k) for k, v in options.items()}
         try:
-            return cls(**values)
+            config = cls(**values)
+            config.check_shared()
+            return config
         except (TypeError, ValueError) as exc:
             raise LongreachError(f"method {cls.name!r}: {exc}") from None
 
@@ -80,9 +134,9 @@ class MethodConfig:
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, object, str]]:
-        """(name, type, default, help) per option."""
+        """(name, type, default, help) per option: the method's own first, then the shared ones."""
         rows = []
-        for f in fields(cls):
+        for f in sorted(fields(cls), key=lambda f: f.name in cls.SHARED):
             default = f.default if f.default is not dataclasses.MISSING else None
             rows.append((f.name, str(f.type), default, f.metadata.get("help", "")))
         return rows

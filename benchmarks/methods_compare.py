@@ -1,0 +1,217 @@
+"""Every method and useful combination side by side on the embedded SmolLM2 (8K trained window).
+
+For each configuration x task x length x sample: accuracy, prefill and decode tokens/s, KV bytes
+at the end of the generation, and for `squeezed` the keys each decode step touches (selected
+context keys + centroids scored + the unclustered tokens) against attending the whole context.
+Tasks: the classic passkey (noise haystack, depths 0.1/0.5/0.9) and RULER's NIAH (essay
+haystack, `--ruler` subtasks). Finished cells are kept in the JSON file: interrupt and rerun to
+continue. Writes a markdown table and one accuracy-vs-KV-memory plot with every configuration.
+
+    python benchmarks/methods_compare.py                                  # the full grid (days on 2 cores)
+    python benchmarks/methods_compare.py --lengths 4k,8k --configs dense,snapkv,squeezed
+    python benchmarks/methods_compare.py --list                           # the configurations
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from common import ResultFile, markdown_table
+
+import longreach
+from longreach.tasks import passkey_sample, score_passkey
+from longreach.units import parse_count
+
+LENGTHS = ("4k", "8k", "16k", "32k")
+DEPTHS = (0.1, 0.5, 0.9)
+SNAP = {"budget": 2048}
+SQUEEZE = {"budget": 0.125}
+
+# name -> (method, options, longest input worth running: dense attention past 16K on 2 cores
+# takes hours per sample, and positions=true must fit the trained window)
+CONFIGS: dict[str, tuple[str, dict, int]] = {
+    "dense": ("dense", {}, 16384),
+    "dense+int8": ("dense", {"kv_quant": "int8"}, 16384),
+    "dense+int4": ("dense", {"kv_quant": "int4"}, 16384),
+    "yarn": ("dense", {"rope_scaling": "yarn", "target_length": 32768}, 32768),
+    "ntk": ("dense", {"rope_scaling": "ntk", "target_length": 32768}, 32768),
+    "dynamic-ntk": ("dense", {"rope_scaling": "dynamic", "target_length": 32768}, 32768),
+    "linear": ("dense", {"rope_scaling": "linear", "target_length": 32768}, 32768),
+    "self_extend": ("self_extend", {"group_size": 8, "window": 1024}, 32768),
+    "streaming": ("streaming", {}, 32768),
+    "streaming+yarn": ("streaming", {"window": 12288, "rope_scaling": "yarn", "rope_factor": 2.0}, 32768),
+    "infllm": ("infllm", {}, 32768),
+    "infllm+int8": ("infllm", {"kv_quant": "int8"}, 32768),
+    "infllm+int4": ("infllm", {"kv_quant": "int4"}, 32768),
+    "infllm+yarn": ("infllm", {"n_local": 4096, "rope_scaling": "yarn", "rope_factor": 2.0}, 32768),
+    "snapkv": ("snapkv", SNAP, 32768),
+    "snapkv-chunk": ("snapkv", {**SNAP, "compress": "chunk"}, 32768),
+    "snapkv-chunk-renumbered": ("snapkv", {**SNAP, "compress": "chunk", "positions": "renumbered"}, 32768),
+    "h2o": ("snapkv", {**SNAP, "score": "h2o", "compress": "chunk", "positions": "renumbered"}, 32768),
+    "tova": ("snapkv", {**SNAP, "score": "tova", "compress": "chunk", "positions": "renumbered"}, 32768),
+    "squeezed": ("squeezed", SQUEEZE, 32768),
+    "squeezed-2level": ("squeezed", {**SQUEEZE, "levels": 2}, 32768),
+    "squeezed-threshold": ("squeezed", {**SQUEEZE, "selection": "threshold"}, 32768),
+    "squeezed-full": ("squeezed", {"budget": 1.0}, 32768),  # same code path, whole context: the cost baseline
+    "squeezed+int8": ("squeezed", {**SQUEEZE, "kv_quant": "int8"}, 32768),
+    "squeezed-true": ("squeezed", {**SQUEEZE, "positions": "true"}, 8192),
+    "squeezed-true+yarn": ("squeezed", {**SQUEEZE, "positions": "true", "rope_scaling": "yarn",
+                                        "target_length": 32768}, 32768),
+}
+
+
+def samples(tokenizer, task: str, length: int, ruler: list[str], new_tokens: int):
+    """(key, sample, scorer) for one task at one length."""
+    if task == "passkey":
+        for depth in DEPTHS:
+            yield f"passkey|{depth}", passkey_sample(tokenizer, length, depth, seed=0), score_passkey
+        return
+    from longreach.bench.metrics import score_answers
+    from longreach.bench.tasks import make_sample
+    for subtask in ruler:
+        sample = make_sample("ruler", subtask, tokenizer, length, seed=0)
+        sample.max_new_tokens = min(sample.max_new_tokens, new_tokens)
+        def scorer(text, answers, meta=sample.meta):
+            return score_answers(text, answers, meta)
+        yield f"{subtask}|0", sample, scorer
+
+
+def run_cell(lm, sample, scorer, chunk: int) -> dict:
+    """Greedy generation through a Session (so the policy's counters can be read)."""
+    session = lm.new_session()
+    t0 = time.perf_counter()
+    logits = session.prefill(sample.prompt_ids, chunk)
+    t1 = time.perf_counter()
+    generated = []
+    for _ in range(sample.max_new_tokens):
+        token = int(logits.argmax())
+        if token in lm.eos_ids:
+            break
+        generated.append(token)
+        if len(generated) < sample.max_new_tokens:
+            logits = session.step(token)
+    t2 = time.perf_counter()
+    text = lm.tokenizer.decode(generated, skip_special_tokens=True)
+    cell = {"correct": float(scorer(text, sample.answers)), "prediction": text[:200],
+            "answer": sample.answers[0],
+            "prompt_tokens": len(sample.prompt_ids), "prompt_tps": len(sample.prompt_ids) / (t1 - t0),
+            "generation_tps": max(len(generated) - 1, 0) / max(t2 - t1, 1e-9),
+            "kv_bytes": session.store.nbytes}
+    touched = getattr(session.policy, "touched", None)
+    if touched and touched["steps"]:
+        read = touched["selected"] + touched["centroids"] + touched["other"]
+        cell["decode_keys_touched"] = read / touched["steps"]
+        cell["decode_cost_ratio"] = (touched["context"] + touched["other"]) / max(read, 1)
+    return cell
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = defaultdict(list)
+    for c in cells:
+        groups[(c["config"], c["length"])].append(c)
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    markers = {4096: "o", 8192: "s", 16384: "^", 32768: "D"}
+    colours = {name: plt.cm.tab20(i % 20) for i, name in enumerate(CONFIGS)}
+    for (config, length), group in sorted(groups.items()):
+        kv = sum(c["kv_bytes"] for c in group) / len(group) / 2**20
+        accuracy = sum(c["correct"] for c in group) / len(group)
+        ax.scatter(kv, accuracy, color=colours.get(config, "k"), marker=markers.get(length, "x"), s=40,
+                   label=config if length == min(le for cf, le in groups if cf == config) else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("KV memory at the end of generation (MiB, log scale)")
+    ax.set_ylabel("accuracy (passkey + RULER NIAH)")
+    ax.set_title("SmolLM2-135M: accuracy vs KV memory (marker: o 4K, s 8K, ^ 16K, D 32K)")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def summarise(cells: list[dict]) -> str:
+    groups = defaultdict(list)
+    for c in cells:
+        groups[(c["config"], c["length"])].append(c)
+    rows = []
+    order = {name: i for i, name in enumerate(CONFIGS)}
+    for (config, length), group in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+        def mean(key, group=group):
+            values = [c[key] for c in group if key in c]
+            return sum(values) / len(values) if values else None
+        by_task = defaultdict(list)
+        for c in group:
+            by_task[c["task"]].append(c["correct"])
+        accuracy = ", ".join(f"{t} {sum(v) / len(v):.0%}" for t, v in sorted(by_task.items()))
+        ratio = mean("decode_cost_ratio")
+        rows.append([config, f"{length // 1024}K", accuracy, f"{mean('prompt_tps'):.0f}",
+                     f"{mean('generation_tps'):.1f}", f"{mean('kv_bytes') / 2**20:.1f}",
+                     f"{ratio:.1f}x" if ratio else ""])
+    return markdown_table(["config", "length", "accuracy", "prefill tok/s", "decode tok/s", "KV MiB",
+                           "decode keys: whole / touched"], rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default=",".join(LENGTHS), help="input lengths (default: %(default)s)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="configurations (see --list)")
+    parser.add_argument("--tasks", default="passkey,ruler",
+                        help="passkey and/or ruler (default: %(default)s)")
+    parser.add_argument("--ruler", default="niah_single_2,niah_multikey_1", help="RULER NIAH subtasks")
+    parser.add_argument("--ruler-new-tokens", type=int, default=24, help="generation cap for RULER answers")
+    parser.add_argument("--chunk", type=int, default=512, help="prefill chunk (default: %(default)s)")
+    parser.add_argument("--out", default="docs/results/methods_compare.json")
+    parser.add_argument("--list", action="store_true", help="print the configurations and exit")
+    args = parser.parse_args()
+    if args.list:
+        for name, (method, options, longest) in CONFIGS.items():
+            print(f"{name:26s} {method:12s} {options} (up to {longest // 1024}K)")
+        return 0
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        print(f"unknown configuration(s): {', '.join(unknown)}; see --list", file=sys.stderr)
+        return 2
+    lengths = [parse_count(x) for x in args.lengths.split(",")]
+    results = ResultFile(args.out, {"configs": {n: CONFIGS[n][:2] for n in names}, "chunk": args.chunk,
+                                    "ruler": args.ruler, "depths": DEPTHS})
+    base = longreach.load(method="dense", prefill_chunk=args.chunk)
+    for name in names:
+        method, options, longest = CONFIGS[name]
+        lm = base.with_method(method, **options)
+        for length in (le for le in lengths if le <= longest):
+            for task in args.tasks.split(","):
+                for key, sample, scorer in samples(base.tokenizer, task, length, args.ruler.split(","),
+                                                   args.ruler_new_tokens):
+                    cell_key = f"{name}|{length}|{key}"
+                    if results.done(cell_key):
+                        continue
+                    cell = run_cell(lm, sample, scorer, args.chunk)
+                    cell |= {"config": name, "method": method, "options": options, "length": length,
+                             "task": task, "sample": key}
+                    results.put(cell_key, cell)
+                    verdict = "OK " if cell["correct"] >= 1 else "BAD"
+                    print(f"{cell_key}: {verdict} {cell['prediction'][:40]!r} "
+                          f"{cell['prompt_tps']:.0f}/{cell['generation_tps']:.1f} tok/s, "
+                          f"KV {cell['kv_bytes'] / 2**20:.1f} MiB", flush=True)
+    cells = list(results.data["cells"].values())
+    table = summarise(cells)
+    out = Path(args.out)
+    plot(cells, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(
+        "# Methods side by side on SmolLM2-135M-Instruct\n\n"
+        f"Command: `python benchmarks/methods_compare.py --lengths {args.lengths} --tasks {args.tasks}`\n\n"
+        + table + f"\n\n![accuracy vs KV memory]({out.with_suffix('.png').name})\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Quantized KV segments: int8 or int4 codes, dequantized on the fly when a method reads them.
+
+Keys are quantized per channel over groups of `group` consecutive tokens (key outliers sit
+in a few channels, KIVI/KVQuant); values per token over groups of `group` channels. A key
+group needs `group` tokens, so the newest tokens (fewer than a group) stay in full precision
+until the group fills. Scales and zero points are float16; codes are asymmetric min/max.
+
+`QuantizedSegment` has the interface of `KVSegment` (append, drop_front, slice, gather,
+rotated_keys, state_dict, ...). Its rotated-key cache is itself quantized (per channel, from
+the keys rotated before quantization) so a method that attends the whole segment at true
+positions keeps the saving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class QuantSpec:
+    """How a store quantizes: `bits` (8 or 4) and the group size in tokens (keys) / channels (values)."""
+
+    bits: int = 8
+    group: int = 64
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ValueError(f"kv quantization supports 8 or 4 bits, not {self.bits}")
+        if self.group < 1:
+            raise ValueError("kv quantization group size must be >= 1")
+
+    @property
+    def levels(self) -> int:
+        return 2 ** self.bits - 1
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes [..., d] -> [..., d] (8 bits) or two 4-bit codes per byte [..., d/2]."""
+    if bits == 8:
+        return codes
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    if bits == 8:
+        return packed
+    return torch.stack((packed & 15, packed >> 4), dim=-1).flatten(-2)
+
+
+def quantize(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric min/max quantization of `x` with one (scale, zero) per slice along `dim`.
+
+    Returns uint8 codes shaped like x and float16 scale, zero with `dim` reduced (keepdim).
+    Every element is reconstructed within scale/2 (plus float16 rounding of scale and zero).
+    """
+    levels = 2 ** bits - 1
+    low, high = x.amin(dim, keepdim=True).float(), x.amax(dim, keepdim=True).float()
+    scale = ((high - low) / levels).clamp_min(1e-8).half()
+    zero = low.half()
+    codes = ((x.float() - zero.float()) / scale.float()).round_().clamp_(0, levels).to(torch.uint8)
+    return codes, scale, zero
+
+
+class _Codes:
+    """Group-quantized [B, H, rows, d] tensors: keys (scale per group of rows) or values (per row)."""
+
+    def __init__(self, like: torch.Tensor, spec: QuantSpec, per_channel: bool, capacity: int):
+        batch, heads, _, dim = like.shape
+        self.spec, self.per_channel, self.dim = spec, per_channel, dim
+        self.group = spec.group if per_channel else _channel_group(spec.group, dim)
+        packed = dim if spec.bits == 8 else dim // 2
+        self.codes = torch.empty(batch, heads, capacity, packed, dtype=torch.uint8, device=like.device)
+        scales = (batch, heads, capacity // spec.group, dim) if per_channel else \
+            (batch, heads, capacity, dim // self.group)
+        self.scale = torch.empty(scales, dtype=torch.float16, device=like.device)
+        self.zero = torch.empty_like(self.scale)
+
+    def write(self, row: int, x: torch.Tensor) -> None:
+        """Quantize x [B, H, n, d] into rows row..row+n (keys: n and row multiples of the group)."""
+        b, h, n, d = x.shape
+        if self.per_channel:
+            g = self.spec.group
+            codes, scale, zero = quantize(x.reshape(b, h, n // g, g, d), self.spec.bits, dim=3)
+            self.scale[:, :, row // g:(row + n) // g] = scale[:, :, :, 0]
+            self.zero[:, :, row // g:(row + n) // g] = zero[:, :, :, 0]
+        else:
+            grouped = x.reshape(b, h, n, d // self.group, self.group)
+            codes, scale, zero = quantize(grouped, self.spec.bits, dim=4)
+            self.scale[:, :, row:row + n] = scale[..., 0]
+            self.zero[:, :, row:row + n] = zero[..., 0]
+        self.codes[:, :, row:row + n] = pack(codes.reshape(b, h, n, d), self.spec.bits)
+
+    def read(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Dequantized [B, H, m, d] for storage rows [m] (every head) or [H, m] (one set per head)."""
+        codes = unpack(_rows(self.codes, rows), self.spec.bits).float()
+        b, h, n, d = codes.shape
+        scale_rows = rows // self.spec.group if self.per_channel else rows
+        scale, zero = _rows(self.scale, scale_rows).float(), _rows(self.zero, scale_rows).float()
+        if self.per_channel:
+            x = codes * scale + zero
+        else:
+            x = (codes.view(b, h, n, d // self.group, self.group) * scale[..., None] + zero[..., None])
+        return x.view(b, h, n, d).to(dtype)
+
+    def moved(self, start: int, stop: int, capacity: int) -> _Codes:
+        """A copy of rows start..stop (start a multiple of the key group) at row 0 of a new capacity."""
+        copy = _Codes.__new__(_Codes)
+        copy.spec, copy.per_channel, copy.dim, copy.group = self.spec, self.per_channel, self.dim, self.group
+        copy.codes = self.codes.new_empty(*self.codes.shape[:2], capacity, self.codes.shape[3])
+        copy.codes[:, :, :stop - start] = self.codes[:, :, start:stop]
+        step = self.spec.group if self.per_channel else 1
+        rows = (capacity // step, start // step, -(-stop // step))
+        copy.scale = self.scale.new_empty(*self.scale.shape[:2], rows[0], self.scale.shape[3])
+        copy.zero = torch.empty_like(copy.scale)
+        copy.scale[:, :, :rows[2] - rows[1]] = self.scale[:, :, rows[1]:rows[2]]
+        copy.zero[:, :, :rows[2] - rows[1]] = self.zero[:, :, rows[1]:rows[2]]
+        return copy
+
+    def nbytes(self, first_row: int, end_row: int) -> int:
+        n = end_row - first_row
+        if self.per_channel:
+            g = self.spec.group
+            scale_rows = -(-end_row // g) - first_row // g
+        else:
+            scale_rows = n
+        return n * self.codes[:, :, :1].numel() + 2 * scale_rows * self.scale[:, :, :1].numel() * 2
+
+    def state(self, prefix: str, start: int, stop: int) -> dict[str, torch.Tensor]:
+        step = self.spec.group if self.per_channel else 1
+        return {f"{prefix}_codes": self.codes[:, :, start:stop].contiguous(),
+                f"{prefix}_scale": self.scale[:, :, start // step:stop // step].contiguous(),
+                f"{prefix}_zero": self.zero[:, :, start // step:stop // step].contiguous()}
+
+    @classmethod
+    def adopt(cls, state: dict, prefix: str, spec: QuantSpec, per_channel: bool, dim: int) -> _Codes:
+        codes = cls.__new__(cls)
+        codes.spec, codes.per_channel, codes.dim = spec, per_channel, dim
+        codes.group = spec.group if per_channel else _channel_group(spec.group, dim)
+        codes.codes, codes.scale, codes.zero = (state[f"{prefix}_{p}"] for p in ("codes", "scale", "zero"))
+        return codes
+
+
+def _channel_group(group: int, dim: int) -> int:
+    """Channels per value scale: `group`, or the whole head when it does not divide the head dim."""
+    return group if group <= dim and dim % group == 0 else dim
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+class QuantizedSegment:
+    """A KVSegment whose keys and values are stored as int8/int4 codes (see the module doc).
+
+    Storage rows [0, qend) are quantized (qend a multiple of the group); the newest rows
+    [qend, end) are the full-precision tail; live rows are [start, end).
+    """
+
+    def __init__(self, batch: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str, spec: QuantSpec, capacity: int = 256):
+        self.device, self.dtype, self.spec = torch.device(device), dtype, spec
+        if spec.bits == 4 and head_dim % 2:
+            raise ValueError("int4 KV needs an even head dimension")
+        capacity = _round_up(capacity, spec.group)
+        like = torch.empty(batch, n_kv_heads, 0, head_dim, dtype=dtype, device=self.device)
+        self._k, self._v = _Codes(like, spec, True, capacity), _Codes(like, spec, False, capacity)
+        self._positions = torch.empty(capacity, dtype=torch.long, device=self.device)
+        self._tail_k, self._tail_v = like, like
+        self._start = self._qend = 0
+        self._reset_rotated()
+
+    def _reset_rotated(self):
+        self._rot: _Codes | None = None  # quantized keys rotated at their positions, rows [.., _rot_end)
+        self._rot_end, self._rot_key, self._rope = 0, None, None
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @property
+    def _end(self) -> int:
+        return self._qend + self._tail_k.shape[2]
+
+    @property
+    def _aligned_start(self) -> int:
+        return min(self._start, self._qend) // self.spec.group * self.spec.group
+
+    # --- reading ----------------------------------------------------------------------------
+    def _read(self, codes: _Codes, tail: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        parts = []
+        if a < self._qend:
+            parts.append(codes.read(torch.arange(a, min(b, self._qend), device=self.device), self.dtype))
+        if b > self._qend:
+            parts.append(tail[:, :, max(a - self._qend, 0):b - self._qend])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 2) if parts else tail[:, :, :0]
+
+    def _read_rows(self, codes: _Codes, tail: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Rows [m] (every head) or [Hkv, m] (per head) of keys or values."""
+        in_tail = rows >= self._qend
+        if self._qend == 0:
+            return _rows(tail, rows - self._qend)
+        out = codes.read(rows.clamp(max=self._qend - 1), self.dtype)
+        if bool(in_tail.any()):
+            taken = _rows(tail, (rows - self._qend).clamp(min=0))
+            mask = in_tail if in_tail.dim() == 2 else in_tail.expand(out.shape[1], -1)
+            out = torch.where(mask[None, :, :, None], taken, out)
+        return out
+
+    @property
+    def keys(self) -> torch.Tensor:  # [B, Hkv, n, d], pre-RoPE, dequantized
+        return self._read(self._k, self._tail_k, self._start, self._end)
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._read(self._v, self._tail_v, self._start, self._end)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self._positions[self._start:self._end]
+
+    def slice(self, start: int, end: int | None = None):
+        end = len(self) if end is None else end
+        a, b = self._start + start, self._start + end
+        return (self._read(self._k, self._tail_k, a, b), self._read(self._v, self._tail_v, a, b),
+                self._positions[a:b])
+
+    def gather(self, index: torch.Tensor, device: torch.device | None = None):
+        rows = index.to(self.device) + self._start
+        out = (self._read_rows(self._k, self._tail_k, rows), self._read_rows(self._v, self._tail_v, rows),
+               self._positions.index_select(0, rows))
+        return out if device is None else tuple(t.to(device) for t in out)
+
+    def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
+        rows = index.to(self.device) + self._start  # [Hkv, m]
+        out = (self._read_rows(self._k, self._tail_k, rows), self._read_rows(self._v, self._tail_v, rows))
+        return out if device is None else tuple(t.to(device) for t in out)
+
+    def rotated_keys(self, rope) -> torch.Tensor:
+        """Keys rotated at their positions; full groups come from a quantized rotated cache."""
+        key = (id(rope), getattr(rope, "version", 0))
+        if self._rot is None or self._rot_key != key or self._rot.codes.shape[2] != self._k.codes.shape[2]:
+            self._rot = _Codes(self._tail_k, self.spec, True, self._k.codes.shape[2])
+            self._rot_end, self._rot_key, self._rope = self._aligned_start, key, rope
+        if self._rot_end < self._qend:
+            a, b = self._rot_end, self._qend
+            keys = self._k.read(torch.arange(a, b, device=self.device), self.dtype)
+            self._rot.write(a, rope.rotate(keys, self._positions[a:b]))
+            self._rot_end = b
+        tail_from = max(self._start, self._qend)
+        tail = rope.rotate(self._tail_k[:, :, tail_from - self._qend:], self._positions[tail_from:self._end])
+        if self._start >= self._qend:
+            return tail
+        head = self._rot.read(torch.arange(self._start, self._qend, device=self.device), self.dtype)
+        return torch.cat((head, tail), 2) if tail.shape[2] else head
+
+    # --- writing ----------------------------------------------------------------------------
+    def _reserve(self, rows: int) -> None:
+        capacity = min(self._positions.shape[0], self._k.codes.shape[2])
+        if rows <= capacity:
+            return
+        shift = self._aligned_start
+        new_capacity = _round_up(max(rows - shift, 2 * (self._end - shift), 256), self.spec.group)
+        self._k = self._k.moved(shift, self._qend, new_capacity)
+        self._v = self._v.moved(shift, self._qend, new_capacity)
+        positions = self._positions.new_empty(new_capacity)
+        positions[:self._end - shift] = self._positions[shift:self._end]
+        self._positions = positions
+        if self._rot is not None:
+            self._rot = self._rot.moved(shift, self._rot_end, new_capacity)
+            self._rot_end -= shift
+        self._start, self._qend = self._start - shift, self._qend - shift
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        n = keys.shape[2]
+        if n == 0:
+            return
+        self._reserve(self._end + n)
+        self._positions[self._end:self._end + n] = positions
+        tail_k = torch.cat((self._tail_k, keys.to(self.dtype)), 2)
+        tail_v = torch.cat((self._tail_v, values.to(self.dtype)), 2)
+        full = tail_k.shape[2] // self.spec.group * self.spec.group
+        if full:
+            a = self._qend
+            self._k.write(a, tail_k[:, :, :full])
+            self._v.write(a, tail_v[:, :, :full])
+            rope = self._rope
+            current = rope is not None and self._rot_key == (id(rope), getattr(rope, "version", 0))
+            if current and self._rot_end == a:
+                # Rotate before quantizing: the cache then has one quantization error, not two.
+                self._rot.write(a, rope.rotate(tail_k[:, :, :full], self._positions[a:a + full]))
+                self._rot_end = a + full
+            self._qend = a + full
+        self._tail_k, self._tail_v = tail_k[:, :, full:].clone(), tail_v[:, :, full:].clone()
+
+    def drop_front(self, n: int) -> None:
+        assert 0 <= n <= len(self)
+        self._start += n
+
+    # --- accounting and persistence ---------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        first = min(self._start, self._qend)
+        total = self._k.nbytes(first, self._qend) + self._v.nbytes(first, self._qend)
+        live_tail = self._tail_k[:, :, max(self._start - self._qend, 0):]
+        total += 2 * live_tail.numel() * live_tail.element_size()
+        if self._rot is not None:
+            total += self._rot.nbytes(first, self._rot_end)
+        return total + 8 * len(self)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        a, b = self._aligned_start, self._qend
+        return {**self._k.state("key", a, b), **self._v.state("value", a, b),
+                "positions": self._positions[a:self._end].contiguous(),
+                "tail_keys": self._tail_k.contiguous(), "tail_values": self._tail_v.contiguous(),
+                "offset": torch.tensor([self._start - a])}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Adopt saved tensors; a plain segment's keys/values/positions are quantized instead."""
+        state = {name: t.to(self.device) for name, t in state.items()}
+        if "keys" in state:
+            batch, heads, _, dim = state["keys"].shape
+            QuantizedSegment.__init__(self, batch, heads, dim, self.dtype, self.device, self.spec)
+            self.append(state["keys"], state["values"], state["positions"])
+            return
+        dim = state["tail_keys"].shape[3]
+        self._k = _Codes.adopt(state, "key", self.spec, True, dim)
+        self._v = _Codes.adopt(state, "value", self.spec, False, dim)
+        self._positions = state["positions"]
+        self._tail_k, self._tail_v = state["tail_keys"].to(self.dtype), state["tail_values"].to(self.dtype)
+        self._qend = self._k.codes.shape[2]
+        self._start = int(state["offset"][0])
+        self._reset_rotated()
+
+    def clone(self) -> QuantizedSegment:
+        copy = QuantizedSegment.__new__(QuantizedSegment)
+        copy.device, copy.dtype, copy.spec = self.device, self.dtype, self.spec
+        copy.load_state_dict({name: t.clone() for name, t in self.state_dict().items()})
+        return copy
+
+
+def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x [B, H, t, d] at rows [m] (every head) or [H, m] (one set of rows per head)."""
+    if rows.dim() == 1:
+        return x.index_select(2, rows)
+    b, h, _, d = x.shape
+    return x.gather(2, rows[None, :, :, None].expand(b, h, rows.shape[1], d))

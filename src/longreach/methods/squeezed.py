@@ -1,0 +1,219 @@
+"""`squeezed`: Squeezed Attention (Hooper et al., 2025) — a clustered fixed context.
+
+The fixed context is what is prefilled before `end_prefill` (a document asked many
+questions; with `LongLM.generate(context=...)` every question forks it). At `end_prefill`
+its keys are clustered with k-means per layer and KV head (`clustering.py`); centroids and
+each key's cluster go into the store (buffers "centroids", "labels", and "coarse", "parent"
+for the two-level index), so forks and saved memories keep them. Each later query scores
+the centroids, keeps the best clusters up to a key budget (or above a calibrated
+threshold) and attends exactly, in one softmax, to the selected keys plus every token
+that is not clustered: the question, generated tokens and the context's last tokens.
+
+Positions:
+  true    the context is prefilled with exact causal attention and every key keeps its true
+          position (the paper). Clustering runs on keys rotated at their positions and queries
+          score them rotated at theirs. The whole input must fit the trained window (or use
+          rope_scaling). The last `obs_window` context tokens are always attended.
+  infllm  the context is prefilled by InfLLM, whose positions then hold for the questions:
+          the InfLLM memory is clustered instead of searched by blocks; its keys stay unrotated
+          and every selected key, like InfLLM's sinks ("init"), sits at the fixed distance
+          n_local (the query is rotated once, at n_local, to score and attend them); the
+          local window ("recent") and the new tokens keep true relative positions while
+          closer than n_local, and move to distance n_local after that. RoPE positions then
+          never exceed about n_local + the question, at any context length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import Partial, attend, merge
+from ..clustering import ClusterIndex
+from ..kv import GrowingBuffer
+from .base import MethodConfig, Policy, check, option
+from .infllm import InfLLMConfig
+
+INDEX_BUFFERS = ("centroids", "labels", "coarse", "parent", "threshold")
+
+
+@dataclass(slots=True)
+class SqueezedConfig(MethodConfig):
+    name = "squeezed"
+    summary = "Squeezed Attention: clustered fixed context, each query attends its best clusters"
+
+    positions: str = option("infllm", "infllm (InfLLM prefill and positions: any length) or true "
+                                      "(dense prefill, true positions: the input must fit the window)")
+    budget: float = option(0.125, "context keys each query attends per KV head: a fraction (<= 1) or a count")
+    selection: str = option("budget", "budget (best clusters up to the budget, exact count) or threshold "
+                                      "(clusters above a threshold keeping the budget on average)")
+    levels: int = option(1, "1: score every centroid; 2: hierarchical lookup, coarse centroids first")
+    cluster_size: int = option(16, "average keys per cluster")
+    coarse_size: int = option(16, "clusters per coarse cluster (levels=2 and the tree k-means)")
+    coarse_slack: float = option(4.0, "levels=2: the coarse clusters searched cover this many budgets")
+    kmeans: str = option("tree", "tree (coarse k-means, then fine within each: fast) or flat (the paper's)")
+    kmeans_iters: int = option(10, "Lloyd iterations per k-means")
+    obs_window: int = option(64, "context tokens always attended (positions=true) and queries that "
+                                 "calibrate the threshold")
+    n_init: int = option(128, "positions=infllm: InfLLM sink tokens")
+    n_local: int | None = option(None, "positions=infllm: InfLLM local window (default: trained window / 4)")
+    block_size: int = option(128, "positions=infllm: InfLLM block size during prefill")
+    topk_blocks: int = option(16, "positions=infllm: InfLLM blocks retrieved during prefill")
+    exec_block: int = option(512, "positions=infllm: InfLLM queries sharing one retrieval")
+
+    def __post_init__(self):
+        check(self.positions in ("infllm", "true"), "positions must be infllm or true")
+        check(self.budget > 0, "budget must be > 0")
+        check(self.selection in ("budget", "threshold"), "selection must be budget or threshold")
+        check(self.levels in (1, 2), "levels must be 1 or 2")
+        check(self.cluster_size >= 1 and self.coarse_size >= 1, "cluster_size and coarse_size must be >= 1")
+        check(self.coarse_slack >= 1, "coarse_slack must be >= 1")
+        check(self.kmeans in ("tree", "flat"), "kmeans must be tree or flat")
+        check(self.kmeans_iters >= 1 and self.obs_window >= 1, "kmeans_iters and obs_window must be >= 1")
+
+    def infllm(self) -> InfLLMConfig:
+        return InfLLMConfig(n_init=self.n_init, n_local=self.n_local, block_size=self.block_size,
+                            topk_blocks=self.topk_blocks, exec_block=self.exec_block)
+
+    def build(self, ctx) -> SqueezedPolicy:
+        check(ctx.store.batch == 1, "squeezed clusters one sequence (batch 1)")
+        check(ctx.rope.rope_type != "dynamic", "squeezed clusters keys at fixed rotations; dynamic NTK "
+                                               "changes them as the input grows")
+        n_local = self.infllm().local_window(ctx.trained_window) if self.positions == "infllm" else None
+        return SqueezedPolicy(ctx, self, n_local)
+
+
+class SqueezedPolicy(Policy):
+    def __init__(self, ctx, config: SqueezedConfig, n_local: int | None):
+        super().__init__(ctx)
+        self.config, self.n_local = config, n_local
+        self.groups = ctx.n_heads // ctx.n_kv_heads
+        self.reset_caches()
+
+    def reset_caches(self):
+        self._indexes: dict[int, ClusterIndex] = {}
+        self._observed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._prefill = self.config.infllm().build(self.ctx) if self.n_local is not None else None
+        # Decode cost, summed over layers and KV heads: context keys selected, context keys stored,
+        # centroids scored, other keys attended ("steps" counts layer calls).
+        self.touched = {"steps": 0, "selected": 0, "context": 0, "centroids": 0, "other": 0}
+
+    def clustered(self) -> bool:
+        return "centroids" in self.store[0].buffers
+
+    def attend(self, layer, q, k, v, positions):
+        if not self.clustered():
+            seen_q, seen_positions = self._observed.get(layer, (q[:, :, :0], positions[:0]))
+            window = self.config.obs_window
+            self._observed[layer] = (torch.cat((seen_q, q), 2)[:, :, -window:],
+                                     torch.cat((seen_positions, positions))[-window:])
+            if self._prefill is not None:
+                self._prefill.phase = getattr(self, "phase", "prefill")
+                return self._prefill.attend(layer, q, k, v, positions)
+        kv, scale = self.store[layer], self.ctx.scale
+        recent = kv.segment("recent")
+        n_past = len(recent)
+        recent.append(k, v, positions)
+        q_true = self.rope.rotate(q, positions)
+        q_far = self.rope.rotate_one(q, self.n_local) if self.n_local is not None else None
+        parts = self._recent(q_true, q_far, recent, positions, n_past)
+        init = kv.segments.get("init")
+        if init is not None and len(init):
+            parts.append(attend(q_far, init.keys, init.values, scale))
+        memory = kv.segments.get("memory")
+        if memory is not None and len(memory) and self.clustered():
+            parts.append(self._selected(layer, memory, q_true if q_far is None else q_far))
+        if q.shape[2] == 1:
+            self.touched["other"] += len(recent) + (len(init) if init is not None else 0)
+        return merge(parts)[0]
+
+    def _recent(self, q_true, q_far, recent, positions, n_past) -> list[Partial]:
+        """Unclustered tokens: true relative positions within n_local, distance n_local beyond."""
+        scale, keys, values = self.ctx.scale, recent.rotated_keys(self.rope), recent.values
+        window = self.n_local or (1 << 62)
+        pq = positions.to(recent.positions.device)[:, None]
+        if q_true.shape[2] > window:  # a chunk longer than n_local: plain masks over everything
+            distance = pq - recent.positions[None, :]
+            return [attend(q_true, keys, values, scale, mask=(distance >= 0) & (distance < window)),
+                    attend(q_far, recent.keys, values, scale, mask=distance >= window)]
+        parts = [attend(q_true, keys[:, :, n_past:], values[:, :, n_past:], scale, causal=True)]
+        first, p0, p1 = int(recent.positions[0]), int(positions[0]), int(positions[-1])
+        near_from = min(max(p0 - window + 1 - first, 0), n_past)
+        if near_from < n_past:
+            distance = pq - recent.positions[None, near_from:n_past]
+            mask = distance < window
+            parts.append(attend(q_true, keys[:, :, near_from:n_past], values[:, :, near_from:n_past], scale,
+                                mask=None if bool(mask.all()) else mask))
+        far_end = min(max(p1 - window + 1 - first, 0), n_past)
+        if far_end:
+            mask = (pq - recent.positions[None, :far_end]) >= window
+            far_keys, far_values, _ = recent.slice(0, far_end)
+            parts.append(attend(q_far, far_keys, far_values, scale, mask=None if bool(mask.all()) else mask))
+        return parts
+
+    def _selected(self, layer, memory, q) -> Partial:
+        """Exact attention over the context keys each KV head's lookup selects."""
+        cfg, g, index = self.config, self.groups, self._index(layer)
+        budget = round(cfg.budget * len(memory)) if cfg.budget <= 1 else int(cfg.budget)
+        picks = [index.select(q[0, h * g:(h + 1) * g], self.ctx.scale, h, max(budget, 1), cfg.coarse_slack)
+                 for h in range(self.ctx.n_kv_heads)]
+        union = torch.unique(torch.cat([rows for rows, _, _ in picks]))
+        keys, values, positions = memory.gather(union, device=self.ctx.device)
+        outs = []
+        for h, (rows, mask, _) in enumerate(picks):
+            at = torch.searchsorted(union, rows)
+            head_keys = keys[:, h:h + 1].index_select(2, at)
+            if self.n_local is None:  # true positions: rotate the selected keys where they are
+                head_keys = self.rope.rotate(head_keys, positions.index_select(0, at))
+            outs.append(attend(q[:, h * g:(h + 1) * g], head_keys, values[:, h:h + 1].index_select(2, at),
+                               self.ctx.scale, mask=None if bool(mask.all()) else mask))
+        if q.shape[2] == 1:
+            self.touched["steps"] += 1
+            self.touched["selected"] += sum(rows.numel() for rows, _, _ in picks)
+            self.touched["context"] += len(memory) * len(picks)
+            self.touched["centroids"] += sum(scored for _, _, scored in picks)
+        return Partial(torch.cat([p.out for p in outs], 1), torch.cat([p.lse for p in outs], 1))
+
+    def _index(self, layer) -> ClusterIndex:
+        if layer not in self._indexes:
+            buffers = self.store[layer].buffers
+            self._indexes[layer] = ClusterIndex(*(buffers[name].data if name in buffers else None
+                                                  for name in INDEX_BUFFERS))
+        return self._indexes[layer]
+
+    @torch.inference_mode()
+    def end_prefill(self):
+        """Cluster the fixed context, once: a later prompt (a question) is not clustered."""
+        if self.clustered():
+            return
+        cfg = self.config
+        for layer in range(self.ctx.n_layers):
+            kv = self.store[layer]
+            if self.n_local is None:  # keep the last obs_window tokens out of the clusters
+                recent, memory = kv.segment("recent"), kv.segment("memory", offload=True)
+                move = max(len(recent) - cfg.obs_window, 0)
+                memory.append(*(t.to(memory.device) for t in recent.slice(0, move)))
+                recent.drop_front(move)
+            memory = kv.segment("memory", offload=True)
+            keys, positions = memory.keys.to(self.ctx.device), memory.positions
+            if self.n_local is None:
+                keys = self.rope.rotate(keys, positions)
+            if len(memory):
+                index = ClusterIndex.build(keys[0].float(), cfg.cluster_size, cfg.levels, cfg.coarse_size,
+                                           cfg.kmeans, cfg.kmeans_iters)
+            else:
+                index = ClusterIndex(keys[0].float(), positions.new_zeros(keys.shape[1], 0))
+            if cfg.selection == "threshold" and len(memory):
+                budget = round(cfg.budget * len(memory)) if cfg.budget <= 1 else int(cfg.budget)
+                q, q_positions = self._observed[layer]
+                if self.n_local is None:
+                    q = self.rope.rotate(q, q_positions)
+                else:
+                    q = self.rope.rotate_one(q, self.n_local)
+                g = self.groups
+                index.calibrate([q[0, h * g:(h + 1) * g] for h in range(self.ctx.n_kv_heads)], self.ctx.scale,
+                                max(budget, 1))
+            for name, tensor in index.tensors().items():
+                kv.buffers[name] = GrowingBuffer.from_tensor(tensor)
+        self._observed = {}

@@ -1,0 +1,98 @@
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from longreach.kv import KVStore, QuantSpec
+from longreach.kv.quant import pack, quantize, unpack
+from longreach.rope import RotaryEmbedding
+
+
+def _tokens(start, n, heads=2, dim=16):
+    g = torch.Generator().manual_seed(start)
+    keys = torch.randn(1, heads, n, dim, generator=g) * torch.linspace(0.1, 4.0, dim)  # outlier channels
+    return keys, torch.randn(1, heads, n, dim, generator=g), torch.arange(start, start + n)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantize_dequantize_error_is_within_half_a_step(bits):
+    x = torch.randn(4, 3, 64, 16) * 5
+    codes, scale, zero = quantize(x, bits, dim=2)
+    assert codes.dtype == torch.uint8 and int(codes.max()) <= 2 ** bits - 1
+    restored = codes.float() * scale.float() + zero.float()
+    step = scale.float()
+    # half a step, plus float16 rounding of the zero point
+    assert bool(((restored - x).abs() <= step / 2 + 1e-3 * zero.float().abs() + 1e-6).all())
+    assert torch.equal(unpack(pack(codes, bits), bits), codes)
+
+
+@pytest.mark.parametrize("bits,tolerance", [(8, 0.02), (4, 0.35)])
+def test_quantized_segment_behaves_like_a_plain_one(bits, tolerance):
+    rope = RotaryEmbedding(LlamaConfig(head_dim=16, hidden_size=32, num_attention_heads=2), 16)
+    plain = KVStore(1, 2, 16, torch.float32, "cpu")[0].segment("s")
+    store = KVStore(1, 2, 16, torch.float32, "cpu", quant=QuantSpec(bits, 8))
+    quant = store[0].segment("s")
+    start = 0
+    for step in range(24):
+        n = (1, 5, 13, 7)[step % 4]
+        for seg in (plain, quant):
+            seg.append(*_tokens(start, n))
+        start += n
+        if step % 5 == 4:
+            plain.drop_front(9), quant.drop_front(9)
+        if step % 3 == 0:
+            quant.rotated_keys(rope)  # the rotated cache must follow appends, drops and growth
+    assert len(plain) == len(quant) and torch.equal(plain.positions, quant.positions)
+    for got, expected in [(quant.keys, plain.keys), (quant.values, plain.values),
+                          (quant.rotated_keys(rope), plain.rotated_keys(rope)),
+                          (quant.slice(3, 20)[0], plain.slice(3, 20)[0])]:
+        assert (got - expected).abs().max() < tolerance * expected.abs().max()
+    index = torch.tensor([0, 5, len(plain) - 1, 3])
+    got, expected = quant.gather(index), plain.gather(index)
+    assert torch.equal(got[2], expected[2]) and (got[0] - expected[0]).abs().max() < tolerance * 4
+    per_head = torch.tensor([[0, 5, len(plain) - 1], [len(plain) - 2, 1, 2]])
+    got_k, _ = quant.gather_per_head(per_head)
+    assert torch.allclose(got_k[:, 1], quant.keys[:, 1].index_select(1, per_head[1]))
+
+
+def test_state_dict_round_trip_and_clone():
+    store = KVStore(2, 2, 16, torch.float32, "cpu", quant=QuantSpec(4, 8))
+    store[0].segment("a").append(*_tokens(0, 21))
+    store[0].segments["a"].drop_front(3)
+    store[1].segment("b", offload=True).append(*_tokens(5, 3))
+    copy = KVStore(2, 2, 16, torch.float32, "cpu", quant=QuantSpec(4, 8))
+    copy.load_state_dict(store.state_dict())
+    for layer, name in [(0, "a"), (1, "b")]:
+        mine, theirs = store[layer].segments[name], copy[layer].segments[name]
+        assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
+        assert torch.equal(mine.positions, theirs.positions)
+    copy[0].segments["a"].append(*_tokens(40, 30))  # adopted tensors are never written in place
+    assert len(store[0].segments["a"]) == 18
+    clone = store.clone()
+    assert clone.quant == store.quant
+    assert torch.equal(clone[0].segments["a"].keys, store[0].segments["a"].keys)
+
+
+def test_a_quantized_store_adopts_a_plain_state():
+    plain = KVStore(1, 2, 16, torch.float32, "cpu")
+    plain[0].segment("a").append(*_tokens(0, 20))
+    quant = KVStore(1, 2, 16, torch.float32, "cpu", quant=QuantSpec(8, 8))
+    quant.load_state_dict(plain.state_dict())
+    assert (quant[0].segments["a"].keys - plain[0].segments["a"].keys).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("bits,limit", [(8, 0.27), (4, 0.15)])
+def test_bytes_per_token_against_float32(bits, limit):
+    """SmolLM2's shape (3 KV heads of 64): int8 <= 0.27x of float32 keys+values, int4 about half that."""
+    plain = KVStore(1, 3, 64, torch.float32, "cpu")
+    quant = KVStore(1, 3, 64, torch.float32, "cpu", quant=QuantSpec(bits, 64))
+    for store in (plain, quant):
+        keys, values = torch.randn(1, 3, 1024, 64), torch.randn(1, 3, 1024, 64)
+        store[0].segment("s").append(keys, values, torch.arange(1024))
+    assert quant.nbytes <= limit * plain.nbytes
+
+
+def test_quantization_is_chosen_before_storing():
+    store = KVStore(1, 2, 16, torch.float32, "cpu")
+    store[0].segment("a").append(*_tokens(0, 2))
+    with pytest.raises(ValueError, match="before anything is stored"):
+        store.set_quant(QuantSpec(8))

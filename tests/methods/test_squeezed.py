@@ -1,0 +1,121 @@
+import pytest
+import torch
+from references import FixedDistanceConfig
+
+from longreach.clustering import ClusterIndex, kmeans
+from tiny import prompt_ids, tiny_hf_model, tiny_lm
+
+SMALL_INFLLM = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
+
+
+def _lloyd_by_hand(points, k, iterations, seed):
+    """Spherical Lloyd's k-means, one point at a time, from the same initial points."""
+    generator = torch.Generator().manual_seed(seed)
+    unit = torch.nn.functional.normalize(points, dim=-1)
+    centroids = unit[torch.randperm(len(points), generator=generator)[:k]].clone()
+    for _ in range(iterations):
+        labels = torch.tensor([max(range(k), key=lambda c: float(x @ centroids[c])) for x in unit])
+        for c in range(k):
+            if (labels == c).any():
+                centroids[c] = torch.nn.functional.normalize(unit[labels == c].mean(0), dim=0)
+    return torch.stack([points[labels == c].mean(0) for c in range(k)]), labels
+
+
+def test_kmeans_matches_lloyd_by_hand():
+    points = torch.randn(2, 60, 8) * torch.linspace(0.5, 3, 8)
+    centroids, labels = kmeans(points, 5, iterations=6, seed=3)
+    for g in range(2):
+        expected_centroids, expected_labels = _lloyd_by_hand(points[g], 5, 6, seed=3)
+        if g == 0:  # one generator, one draw per group: the first group's initial points match
+            assert torch.equal(labels[g], expected_labels)
+            torch.testing.assert_close(centroids[g], expected_centroids)
+        member_means = torch.stack([points[g][labels[g] == c].mean(0) for c in range(5)])
+        torch.testing.assert_close(centroids[g], member_means)  # centroids: means of raw keys
+
+
+def _selected_by_hand(index, q, scale, head, budget):
+    """Per query: clusters by estimated probability, keys taken in memory order until the budget."""
+    rows = []
+    counts = index.counts[head]
+    for i in range(q.shape[1]):
+        logits = (q[:, i] @ index.centroids[head].T) * scale  # [g, k]
+        norm = torch.logsumexp(logits + counts.float().log(), -1, keepdim=True)
+        estimate = (logits - norm).exp().amax(0)
+        chosen = []
+        for c in sorted(range(len(counts)), key=lambda c: (-float(estimate[c]), c)):
+            members = (index.labels[head] == c).nonzero().squeeze(1).tolist()
+            chosen += members[:budget - len(chosen)]
+        rows.append(sorted(chosen))
+    return rows
+
+
+@pytest.mark.parametrize("method", ["tree", "flat"])
+def test_budget_lookup_matches_brute_force_and_is_exact(method):
+    torch.manual_seed(0)
+    keys = torch.randn(2, 300, 16)
+    index = ClusterIndex.build(keys, cluster_size=8, levels=1, method=method, iterations=5)
+    q = torch.randn(2, 5, 16)  # 2 query heads share the KV head
+    for head in range(2):
+        rows, mask, scored = index.select(q, 0.25, head, budget=37)
+        assert scored == index.centroids.shape[1]
+        got = [rows[mask[i]].tolist() for i in range(5)]
+        assert got == _selected_by_hand(index, q, 0.25, head, 37)
+        assert all(len(r) == 37 for r in got)
+
+
+def test_hierarchical_lookup_scores_fewer_centroids_and_keeps_the_budget():
+    torch.manual_seed(1)
+    keys = torch.randn(1, 4096, 16) + 3 * torch.randn(1, 4096, 1).sign() * torch.randn(1, 1, 16)
+    flat = ClusterIndex.build(keys, cluster_size=16, levels=1)
+    two = ClusterIndex.build(keys, cluster_size=16, levels=2, coarse_size=16)
+    q = torch.randn(1, 1, 16)
+    rows, mask, scored = two.select(q, 0.25, 0, budget=256, slack=2.0)
+    assert int(mask.sum()) == 256 and scored < flat.select(q, 0.25, 0, budget=256)[2] / 2
+    # the fine clusters it scores all belong to the coarse clusters it chose
+    chosen_fine = two.labels[0, rows].unique()
+    assert len(two.parent[0, chosen_fine].unique()) <= 2 * 256 / (16 * 16) + 2
+
+
+def _question_logits(lm, context, question):
+    session = lm.new_session()
+    session.prefill(context, chunk=64)
+    fork = session.fork()
+    logits = [fork.prefill(question[:6], chunk=4)]
+    logits += [fork.step(token) for token in question[6:]]
+    return torch.stack(logits), fork
+
+
+def test_full_budget_equals_the_exact_attention_of_each_position_scheme():
+    model = tiny_hf_model()
+    context, question = prompt_ids(200), prompt_ids(12, seed=4)
+    dense, _ = _question_logits(tiny_lm(model=model), context, question)
+    got, _ = _question_logits(tiny_lm(method="squeezed", model=model, positions="true", budget=1.0,
+                                      cluster_size=4, obs_window=8), context, question)
+    torch.testing.assert_close(got, dense, rtol=1e-4, atol=1e-5)
+    far, _ = _question_logits(tiny_lm(method=FixedDistanceConfig(n_local=32), model=model), context, question)
+    got, _ = _question_logits(tiny_lm(method="squeezed", model=model, budget=1.0, cluster_size=4,
+                                      **{**SMALL_INFLLM, "topk_blocks": 1000}), context, question)
+    torch.testing.assert_close(got, far, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(levels=2), dict(selection="threshold"), dict(kv_quant="int8")])
+def test_decode_reads_a_budget_of_the_context_and_the_index_lives_in_the_store(options):
+    lm = tiny_lm(method="squeezed", budget=0.25, cluster_size=4, **SMALL_INFLLM, **options)
+    _, fork = _question_logits(lm, prompt_ids(200), prompt_ids(12, seed=4))
+    layer = fork.store[0]
+    memory = len(layer.segments["memory"])
+    assert {"centroids", "labels"} <= set(layer.buffers) and layer.buffers["labels"].data.shape == (2, memory)
+    touched = fork.policy.touched
+    if "selection" not in options:
+        assert touched["selected"] == touched["steps"] * 2 * round(0.25 * memory)  # budget per KV head
+    restored = lm.new_session()  # a saved memory keeps its clusters
+    restored.store.load_state_dict(fork.store.state_dict())
+    restored.position = fork.position
+    torch.testing.assert_close(restored.step(7), fork.step(7))
+
+
+def test_question_prompts_are_not_clustered_into_the_context():
+    lm = tiny_lm(method="squeezed", positions="true", cluster_size=4, obs_window=8)
+    _, fork = _question_logits(lm, prompt_ids(200), prompt_ids(12, seed=4))
+    assert len(fork.store[0].segments["memory"]) == 192
+    assert len(fork.store[0].segments["recent"]) == 8 + 12
