@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import LongreachError
-from . import commands, serve_commands
+from . import bench_commands, commands, serve_commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"longreach {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for register in commands.REGISTER + serve_commands.REGISTER:
+    for register in commands.REGISTER + serve_commands.REGISTER + bench_commands.REGISTER:
         register(sub)
     return parser
 

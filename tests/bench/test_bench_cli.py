@@ -1,0 +1,102 @@
+"""`longreach bench` and `longreach report` end to end on a tiny model, and their bad-input messages."""
+
+import json
+
+import pytest
+from bench_helpers import FAST_INFLLM, cli, records, tiny_model_dir
+
+BASE = ["--max-new-tokens", 2, "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model_dir()
+
+
+def test_ruler_sweep_then_report(tmp_path, capsys, model):
+    out = tmp_path / "ruler"
+    code, _, err = cli(capsys, "bench", "--task", "ruler", "--subtasks", "niah_single_1,vt,qa_1", "--lengths",
+                       "1k,1536", "--methods", f"dense,{FAST_INFLLM}", "--samples", 1, "--model", model,
+                       "--out", out, *BASE)
+    assert code == 0, err
+    assert "skipping ruler qa_1" in err and "suite overhead" in err
+    rows = records(out)
+    assert len(rows) == 2 * 2 * 2  # subtasks x lengths x methods
+    infllm = "infllm[block_size=32,exec_block=64,n_init=16,n_local=256,topk_blocks=2]"
+    assert {r["method"] for r in rows} == {"dense", infllm}
+    code, _, err = cli(capsys, "bench", "--task", "ruler", "--subtasks", "niah_single_1,vt,qa_1", "--lengths",
+                       "1k,1536", "--methods", f"dense,{FAST_INFLLM}", "--samples", 1, "--model", model,
+                       "--out", out, *BASE)
+    assert code == 0 and "nothing to run" in err and len(records(out)) == 8
+
+    code, printed, err = cli(capsys, "report", out)
+    assert code == 0, err
+    md = (out / "report.md").read_text()
+    assert "effective length" in md and "| niah_single_1 |" in md and "qa_1 skipped" in md
+    assert "Suite overhead" in md and "(figures/accuracy_vs_kv.png)" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html and "src=\"figures" not in html
+
+
+def test_niah_grid_heatmap(tmp_path, capsys, model):
+    out = tmp_path / "niah"
+    code, _, err = cli(capsys, "bench", "--task", "niah", "--lengths", "1k:2k:2", "--depths", "0:100:3",
+                       "--method", "dense", "--model", model, "--out", out, *BASE)
+    assert code == 0, err
+    rows = records(out)
+    assert sorted({(r["length"], r["depth"]) for r in rows}) == [(n, d) for n in (1024, 2048)
+                                                                 for d in (0.0, 0.5, 1.0)]
+    assert cli(capsys, "report", out)[0] == 0
+    assert (out / "figures" / "heatmap_niah_dense.png").stat().st_size > 1000
+    assert "heatmap" in (out / "report.md").read_text()
+
+
+def test_jsonl_task_malformed_line_reported_rest_runs(tmp_path, capsys, model, write_jsonl):
+    data = write_jsonl(tmp_path / "mine.jsonl", [
+        {"context": "The cat is black.", "question": "What color is the cat?", "answers": ["black"]},
+        "{not json",
+        {"context": "It rained on Monday.", "question": "When did it rain?", "answers": "Monday"},
+        {"context": "x", "question": "y"}])
+    out = tmp_path / "mine"
+    code, _, err = cli(capsys, "bench", "--task", "jsonl", "--data", data, "--lengths", "512",
+                       "--method", "dense", "--model", model, "--out", out, *BASE)
+    assert code == 0, err
+    assert "mine.jsonl:2:" in err and "mine.jsonl:4:" in err
+    assert len(records(out)) == 2
+    notes = [json.loads(line) for line in (out / "notes.jsonl").read_text().splitlines()]
+    assert any(n["kind"] == "problem" and "mine.jsonl:2:" in n["text"] for n in notes)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "nosuch"], "unknown task 'nosuch'"),
+    (["--task", "longbench", "--datasets", "nosuch", "--data", "."], "unknown longbench dataset 'nosuch'"),
+    (["--task", "longbench", "--datasets", "hotpotqa", "--data", "/no/such/dir"], "data directory not found"),
+    (["--task", "longbench", "--datasets", "hotpotqa"], "pass --data"),
+    (["--task", "ruler", "--subtasks", "vt", "--lengths", "64"], "smaller than the"),
+    (["--task", "ruler", "--depths", "10,50"], "--depths applies to"),
+    (["--task", "niah", "--methods", "nosuch"], "unknown method 'nosuch'"),
+    (["--task", "niah", "-o", "bogus=1"], "apply to none"),
+    (["--task", "niah", "--lengths", "4k:2k:3"], "empty"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, model, argv, message):
+    code, _, err = cli(capsys, "bench", *argv, "--model", model, "--out", tmp_path / "x", *BASE)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_other_configuration_refused_nothing_lost(tmp_path, capsys, model):
+    out = tmp_path / "run"
+    argv = ["bench", "--task", "ruler", "--subtasks", "vt", "--lengths", "1k", "--samples", 1,
+            "--method", "dense", "--model", model, "--out", out, *BASE]
+    assert cli(capsys, *argv)[0] == 0
+    before = (out / "results.jsonl").read_bytes()
+    code, _, err = cli(capsys, *argv, "--raw")
+    assert code == 2 and "another configuration" in err and "chat" in err
+    code, _, err = cli(capsys, *argv[:-len(BASE)], "--max-new-tokens", 3, "--no-progress")
+    assert code == 2 and "max_new_tokens" in err
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_report_of_an_empty_directory(tmp_path, capsys):
+    code, _, err = cli(capsys, "report", tmp_path)
+    assert code == 2 and "holds no benchmark results" in err

@@ -1,0 +1,98 @@
+"""lm-eval's `longreach` model: exact log-probabilities, and a run of local YAML tasks (no download)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from bench_helpers import cli, tiny_model_dir
+
+import longreach
+
+pytest.importorskip("lm_eval")
+
+TASK = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: {kind}
+{body}
+"""
+BODIES = {
+    "generate_until": 'doc_to_text: "Q: {{question}}\\nA:"\ndoc_to_target: "{{answer}}"\n'
+                      'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 3\n'
+                      "metric_list:\n  - metric: exact_match",
+    "multiple_choice": 'doc_to_text: "Q: {{question}}\\nA:"\ndoc_to_choice: "{{choices}}"\n'
+                       "doc_to_target: label\nmetric_list:\n  - metric: acc",
+    "loglikelihood_rolling": 'doc_to_text: ""\ndoc_to_target: "{{question}} {{answer}}"\n'
+                             "metric_list:\n  - metric: word_perplexity",
+}
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    from longreach.bench.lm_eval_adapter import LongreachLM
+    return LongreachLM(lm=longreach.load(tiny_model_dir(), "dense"), method="dense", logit_rows=5)
+
+
+def reference_logprob(lm, ids, first):
+    with torch.no_grad():
+        logits = lm.adapter.hf_model(torch.tensor([ids])).logits[0].float()
+    logprobs = torch.log_softmax(logits, -1)
+    return sum(logprobs[i - 1, ids[i]].item() for i in range(first, len(ids)))
+
+
+def test_logprobs_match_the_model(adapter):
+    ids = adapter.tok_encode("The quick brown fox jumps over the lazy dog and runs away.")
+    for first in (1, 4, len(ids) - 1):  # several logit_rows pieces, and a prefilled prefix
+        value, _ = adapter._logprobs(ids, first)
+        assert value == pytest.approx(reference_logprob(adapter.lm, ids, first), rel=1e-4, abs=1e-3)
+
+
+def test_lm_eval_run_of_local_tasks(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data.jsonl"
+    rows = [{"question": "What color is the sky?", "answer": "blue", "choices": ["blue", "green"],
+             "label": 0},
+            {"question": "What color is grass?", "answer": "green", "choices": ["red", "green"], "label": 1}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for kind, body in BODIES.items():
+        (tasks / f"{kind}.yaml").write_text(TASK.format(name=f"lr_{kind}", data=data, kind=kind, body=body))
+    out = tmp_path / "out"
+    code, printed, err = cli(capsys, "lm-eval", "run", "--model", "longreach", "--model_args",
+                             f"model={tiny_model_dir()},method=streaming,window=16,n_sink=2",
+                             "--tasks", *[f"lr_{k}" for k in BODIES], "--include_path", tasks,
+                             "--output_path", out)
+    assert code == 0, err[-2000:]
+    result = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    assert 0 <= result["lr_generate_until"]["exact_match,none"] <= 1
+    assert 0 <= result["lr_multiple_choice"]["acc,none"] <= 1
+    assert result["lr_loglikelihood_rolling"]["word_perplexity,none"] > 1
+
+
+def test_plugin_hook_registers_longreach_for_plain_lm_eval(tmp_path):
+    from longreach.bench import lm_eval_plugin
+
+    path = lm_eval_plugin.install(tmp_path)
+    assert path.name == "longreach-lm-eval.pth"
+    script = textwrap.dedent(f"""
+        import site, sys
+        site.addsitedir({str(tmp_path)!r})
+        assert "longreach" not in sys.modules and "lm_eval" not in sys.modules  # nothing imported at start
+        from lm_eval.api.registry import get_model, model_registry
+        print(get_model("longreach").__name__, "hf" in model_registry)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["LongreachLM", "True"]
+    lm_eval_plugin.uninstall(tmp_path)
+    assert not path.exists()

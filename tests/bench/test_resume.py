@@ -1,0 +1,123 @@
+"""The runner records one line per (cell, method), skips finished ones, and refuses foreign directories."""
+
+import json
+
+import pytest
+from bench_helpers import FAST_INFLLM, records, tiny_model_dir
+
+import longreach
+from longreach.bench.cells import parse_methods
+from longreach.bench.results import Appender, Record, ResultsDir
+from longreach.bench.runner import BenchConfig, run_bench
+from longreach.bench.sources import SweepSpec
+from longreach.engine import LongLM
+from longreach.errors import LongreachError
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return longreach.load(tiny_model_dir(), "dense")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts generations; set calls['fail_after'] to interrupt the run there."""
+    counter = {"n": 0, "fail_after": None}
+    real = LongLM.generate
+
+    def generate(self, *args, **kwargs):
+        if counter["fail_after"] is not None and counter["n"] >= counter["fail_after"]:
+            raise KeyboardInterrupt
+        counter["n"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LongLM, "generate", generate)
+    return counter
+
+
+def config(out, methods="dense", samples=2, lengths=(1024,), chat=True):
+    sweep = SweepSpec("ruler", ["niah_single_1", "vt"], list(lengths), samples=samples, chat=chat)
+    return BenchConfig(sweep, out, parse_methods([methods]), model=tiny_model_dir(), max_new_tokens=2,
+                       progress=False)
+
+
+def test_resume_skips_finished_cells(tmp_path, lm, calls):
+    out = tmp_path / "run"
+    first = run_bench(config(out), lm=lm)
+    assert first.records == calls["n"] == 4
+    lines = (out / "results.jsonl").read_text()
+    again = run_bench(config(out), lm=lm)
+    assert again.records == 0 and again.already_done == 4 and calls["n"] == 4
+    assert (out / "results.jsonl").read_text() == lines
+    # a grown grid runs only what is new: another method, then another sample per task
+    run_bench(config(out, f"dense,{FAST_INFLLM}"), lm=lm)
+    assert calls["n"] == 8
+    run_bench(config(out, f"dense,{FAST_INFLLM}", samples=3), lm=lm)
+    assert calls["n"] == 12
+    keys = [r["key"] for r in records(out)]
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_interrupted_run_keeps_records_and_resumes(tmp_path, lm, calls):
+    out = tmp_path / "run"
+    calls["fail_after"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config(out), lm=lm)
+    assert len(records(out)) == 3
+    calls["fail_after"] = None
+    summary = run_bench(config(out), lm=lm)
+    assert summary.records == 1 and summary.already_done == 3
+    assert len(records(out)) == 4
+
+
+def test_record_fields(tmp_path, lm):
+    out = tmp_path / "run"
+    run_bench(config(out, samples=1), lm=lm)
+    row = records(out)[0]
+    assert row["prompt_tokens"] <= 1024 - 30 and len(row["prompt_hash"]) == 16
+    for field in ("prediction", "score", "prefill_tps", "decode_tps", "peak_memory_mb", "kv_bytes",
+                  "seconds"):
+        assert field in row
+    assert row["kv_bytes"] > 0 and row["seconds"] > 0 and 0 <= row["score"] <= 1
+    notes = [json.loads(line) for line in (out / "notes.jsonl").read_text().splitlines()]
+    assert notes[-1]["kind"] == "run" and notes[-1]["model_seconds"] > 0
+
+
+def test_infllm_records_needle_block_recall(tmp_path, lm):
+    out = tmp_path / "run"
+    sweep = SweepSpec("niah", lengths=[2048], depths=[0.1])
+    run_bench(BenchConfig(sweep, out, parse_methods([FAST_INFLLM]), model=tiny_model_dir(), max_new_tokens=2,
+                          progress=False), lm=lm)
+    row, = records(out)
+    assert row["method_name"] == "infllm" and row["depth"] == 0.1
+    assert row["needle_recall"] is not None and 0 <= row["needle_recall"] <= 1
+
+
+def test_directory_of_another_configuration_is_refused(tmp_path, lm):
+    out = tmp_path / "run"
+    run_bench(config(out, samples=1), lm=lm)
+    before = (out / "results.jsonl").read_bytes()
+    with pytest.raises(LongreachError, match="another configuration.*chat"):
+        run_bench(config(out, samples=1, chat=False), lm=lm)
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_a_line_cut_by_a_crash_is_ignored_and_not_glued(tmp_path):
+    results = ResultsDir(tmp_path)
+    results.open_for({"task": "x"})
+    record = Record(key="a", task="x", subtask="x", length=1, depth=None, sample=0, seed=0, method="dense",
+                    method_name="dense", method_options={}, prompt_hash="0", prompt_tokens=1,
+                    max_new_tokens=1,
+                    answers=["1"], prediction="1", score=1.0, metric="m", finish_reason="length",
+                    generated_tokens=1, prefill_tps=1.0, decode_tps=1.0, peak_memory_mb=1.0, kv_bytes=1,
+                    seconds=1.0, build_seconds=0.0, score_seconds=0.0)
+    with Appender(results.results_file) as out:
+        out.write(record)
+    with results.results_file.open("a") as handle:
+        handle.write('{"key": "b", "task"')  # the crash
+    record.key = "c"
+    with Appender(results.results_file) as out:
+        out.write(record)
+    problems = []
+    assert [r.key for r in results.read(problems)] == ["a", "c"]
+    assert problems and ":2:" in problems[0]
