@@ -98,8 +98,8 @@ def received_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: fl
     Returns:
         [B, H, m]: sum over queries of p(query -> key), per query head.
     """
-    if q.device.type != "cpu":
-        return _received_mass_reference(q, k, lse, scale, mask)
+    if q.device.type != "cpu" or q.shape[2] <= 32:  # few queries (decoding): plain matmul is cheaper
+        return _received_mass_direct(q, k, lse, scale, mask)
     # Transposed attention: keys act as queries over the real queries, with -lse_i folded in
     # as one extra dimension; the kernel's log-sum-exp is then log(sum_i exp(s_ij - lse_i)).
     batch, n_heads, n_q, dim = q.shape
@@ -118,13 +118,17 @@ def received_mass(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: fl
     return mass
 
 
-def _received_mass_reference(q, k, lse, scale, mask):
-    keys = _expand_heads(k, q.shape[1])
-    logits = torch.matmul(q, keys.transpose(-1, -2)).float() * scale - lse[..., None].float()
-    probs = logits.exp()
+def _received_mass_direct(q, k, lse, scale, mask):
+    batch, n_heads, n_q, dim = q.shape
+    n_kv = k.shape[1]
+    groups = n_heads // n_kv
+    qg = q.reshape(batch, n_kv, groups * n_q, dim)  # GQA: query heads of a KV head side by side
+    logits = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, Hkv, G*q, m]
+    probs = (logits - lse.reshape(batch, n_kv, groups * n_q, 1).float()).exp_()
+    probs = probs.view(batch, n_kv, groups, n_q, -1)
     if mask is not None:
         probs = probs.masked_fill(~mask, 0.0)
-    return probs.sum(dim=-2).to(q.dtype)
+    return probs.sum(dim=-2).reshape(batch, n_heads, -1).to(q.dtype)
 
 
 def summed_logits(q: torch.Tensor, k: torch.Tensor, scale: float,
