@@ -64,10 +64,10 @@ CONFIGS: dict[str, tuple[str, dict, int]] = {
 }
 
 
-def samples(tokenizer, task: str, length: int, ruler: list[str], new_tokens: int):
+def samples(tokenizer, task: str, length: int, ruler: list[str], new_tokens: int, depths=DEPTHS):
     """(key, sample, scorer) for one task at one length."""
     if task == "passkey":
-        for depth in DEPTHS:
+        for depth in depths:
             yield f"passkey|{depth}", passkey_sample(tokenizer, length, depth, seed=0), score_passkey
         return
     from longreach.bench.metrics import score_answers
@@ -166,6 +166,8 @@ def main() -> int:
                         help="passkey and/or ruler (default: %(default)s)")
     parser.add_argument("--ruler", default="niah_single_2,niah_multikey_1", help="RULER NIAH subtasks")
     parser.add_argument("--ruler-new-tokens", type=int, default=24, help="generation cap for RULER answers")
+    parser.add_argument("--depths", default=",".join(map(str, DEPTHS)),
+                        help="passkey depths (default: %(default)s)")
     parser.add_argument("--chunk", type=int, default=512, help="prefill chunk (default: %(default)s)")
     parser.add_argument("--out", default="docs/results/methods_compare.json")
     parser.add_argument("--list", action="store_true", help="print the configurations and exit")
@@ -180,8 +182,9 @@ def main() -> int:
         print(f"unknown configuration(s): {', '.join(unknown)}; see --list", file=sys.stderr)
         return 2
     lengths = [parse_count(x) for x in args.lengths.split(",")]
+    depths = [float(x) for x in args.depths.split(",")]
     results = ResultFile(args.out, {"configs": {n: CONFIGS[n][:2] for n in names}, "chunk": args.chunk,
-                                    "ruler": args.ruler, "depths": DEPTHS})
+                                    "ruler": args.ruler})
     base = longreach.load(method="dense", prefill_chunk=args.chunk)
     for name in names:
         method, options, longest = CONFIGS[name]
@@ -189,7 +192,7 @@ def main() -> int:
         for length in (le for le in lengths if le <= longest):
             for task in args.tasks.split(","):
                 for key, sample, scorer in samples(base.tokenizer, task, length, args.ruler.split(","),
-                                                   args.ruler_new_tokens):
+                                                   args.ruler_new_tokens, depths):
                     cell_key = f"{name}|{length}|{key}"
                     if results.done(cell_key):
                         continue

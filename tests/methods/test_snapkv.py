@@ -55,6 +55,7 @@ def test_kept_tokens_match_brute_force_scores_and_decode_attends_them(score):
     q, k, v = _inputs()
     for a in range(0, N, 30):  # chunked prefill
         b = min(a + 30, N)
+        policy.phase = "final" if b == N else "prefill"  # as the session marks the prompt's last chunk
         policy.attend(0, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], torch.arange(a, b))
     policy.end_prefill()
     expected = _expected_kept(score, _probabilities(rope, q, k, policy.ctx.scale))

@@ -2,8 +2,9 @@
 
 Keys are quantized per channel over groups of `group` consecutive tokens (key outliers sit
 in a few channels, KIVI/KVQuant); values per token over groups of `group` channels. A key
-group needs `group` tokens, so the newest tokens (fewer than a group) stay in full precision
-until the group fills. Scales and zero points are float16; codes are asymmetric min/max.
+group needs `group` tokens, so the newest keys (fewer than a group) stay in full precision
+until the group fills; values are quantized as they arrive. Scales and zero points are
+float16; codes are asymmetric min/max.
 
 `QuantizedSegment` has the interface of `KVSegment` (append, drop_front, slice, gather,
 rotated_keys, state_dict, ...). Its rotated-key cache is itself quantized (per channel, from
@@ -104,6 +105,22 @@ class _Codes:
             x = (codes.view(b, h, n, d // self.group, self.group) * scale[..., None] + zero[..., None])
         return x.view(b, h, n, d).to(dtype)
 
+    def read_range(self, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
+        """Dequantized rows a..b [B, H, b - a, d], from slices (no per-row gathers)."""
+        if self.per_channel:
+            g = self.spec.group
+            first, last = a // g, -(-b // g)
+            x = unpack(self.codes[:, :, first * g:last * g], self.spec.bits).float()
+            batch, heads, n, d = x.shape
+            grouped = x.view(batch, heads, last - first, g, d)  # in place: one float tensor in all
+            grouped.mul_(self.scale[:, :, first:last, None]).add_(self.zero[:, :, first:last, None])
+            return x[:, :, a - first * g:b - first * g].to(dtype)
+        x = unpack(self.codes[:, :, a:b], self.spec.bits).float()
+        batch, heads, n, d = x.shape
+        grouped = x.view(batch, heads, n, d // self.group, self.group)
+        grouped.mul_(self.scale[:, :, a:b, :, None]).add_(self.zero[:, :, a:b, :, None])
+        return x.to(dtype)
+
     def moved(self, start: int, stop: int, capacity: int) -> _Codes:
         """A copy of rows start..stop (start a multiple of the key group) at row 0 of a new capacity."""
         copy = _Codes.__new__(_Codes)
@@ -154,8 +171,9 @@ def _round_up(n: int, step: int) -> int:
 class QuantizedSegment:
     """A KVSegment whose keys and values are stored as int8/int4 codes (see the module doc).
 
-    Storage rows [0, qend) are quantized (qend a multiple of the group); the newest rows
-    [qend, end) are the full-precision tail; live rows are [start, end).
+    Key rows [0, qend) are quantized (qend a multiple of the group) and the newest key rows
+    [qend, end) are the full-precision tail; value rows [0, end) are all quantized; live rows
+    are [start, end).
     """
 
     def __init__(self, batch: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
@@ -167,7 +185,7 @@ class QuantizedSegment:
         like = torch.empty(batch, n_kv_heads, 0, head_dim, dtype=dtype, device=self.device)
         self._k, self._v = _Codes(like, spec, True, capacity), _Codes(like, spec, False, capacity)
         self._positions = torch.empty(capacity, dtype=torch.long, device=self.device)
-        self._tail_k, self._tail_v = like, like
+        self._tail_k = like
         self._start = self._qend = 0
         self._reset_rotated()
 
@@ -190,7 +208,7 @@ class QuantizedSegment:
     def _read(self, codes: _Codes, tail: torch.Tensor, a: int, b: int) -> torch.Tensor:
         parts = []
         if a < self._qend:
-            parts.append(codes.read(torch.arange(a, min(b, self._qend), device=self.device), self.dtype))
+            parts.append(codes.read_range(a, min(b, self._qend), self.dtype))
         if b > self._qend:
             parts.append(tail[:, :, max(a - self._qend, 0):b - self._qend])
         return parts[0] if len(parts) == 1 else torch.cat(parts, 2) if parts else tail[:, :, :0]
@@ -213,7 +231,7 @@ class QuantizedSegment:
 
     @property
     def values(self) -> torch.Tensor:
-        return self._read(self._v, self._tail_v, self._start, self._end)
+        return self._v.read_range(self._start, self._end, self.dtype)
 
     @property
     def positions(self) -> torch.Tensor:
@@ -222,18 +240,18 @@ class QuantizedSegment:
     def slice(self, start: int, end: int | None = None):
         end = len(self) if end is None else end
         a, b = self._start + start, self._start + end
-        return (self._read(self._k, self._tail_k, a, b), self._read(self._v, self._tail_v, a, b),
-                self._positions[a:b])
+        values = self._v.read_range(a, b, self.dtype)
+        return self._read(self._k, self._tail_k, a, b), values, self._positions[a:b]
 
     def gather(self, index: torch.Tensor, device: torch.device | None = None):
         rows = index.to(self.device) + self._start
-        out = (self._read_rows(self._k, self._tail_k, rows), self._read_rows(self._v, self._tail_v, rows),
+        out = (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype),
                self._positions.index_select(0, rows))
         return out if device is None else tuple(t.to(device) for t in out)
 
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
         rows = index.to(self.device) + self._start  # [Hkv, m]
-        out = (self._read_rows(self._k, self._tail_k, rows), self._read_rows(self._v, self._tail_v, rows))
+        out = (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype))
         return out if device is None else tuple(t.to(device) for t in out)
 
     def rotated_keys(self, rope) -> torch.Tensor:
@@ -244,25 +262,25 @@ class QuantizedSegment:
             self._rot_end, self._rot_key, self._rope = self._aligned_start, key, rope
         if self._rot_end < self._qend:
             a, b = self._rot_end, self._qend
-            keys = self._k.read(torch.arange(a, b, device=self.device), self.dtype)
+            keys = self._k.read_range(a, b, self.dtype)
             self._rot.write(a, rope.rotate(keys, self._positions[a:b]))
             self._rot_end = b
         tail_from = max(self._start, self._qend)
         tail = rope.rotate(self._tail_k[:, :, tail_from - self._qend:], self._positions[tail_from:self._end])
         if self._start >= self._qend:
             return tail
-        head = self._rot.read(torch.arange(self._start, self._qend, device=self.device), self.dtype)
+        head = self._rot.read_range(self._start, self._qend, self.dtype)
         return torch.cat((head, tail), 2) if tail.shape[2] else head
 
     # --- writing ----------------------------------------------------------------------------
     def _reserve(self, rows: int) -> None:
-        capacity = min(self._positions.shape[0], self._k.codes.shape[2])
+        capacity = min(self._positions.shape[0], self._k.codes.shape[2], self._v.codes.shape[2])
         if rows <= capacity:
             return
         shift = self._aligned_start
         new_capacity = _round_up(max(rows - shift, 2 * (self._end - shift), 256), self.spec.group)
         self._k = self._k.moved(shift, self._qend, new_capacity)
-        self._v = self._v.moved(shift, self._qend, new_capacity)
+        self._v = self._v.moved(shift, self._end, new_capacity)
         positions = self._positions.new_empty(new_capacity)
         positions[:self._end - shift] = self._positions[shift:self._end]
         self._positions = positions
@@ -276,14 +294,13 @@ class QuantizedSegment:
         if n == 0:
             return
         self._reserve(self._end + n)
+        self._v.write(self._end, values.to(self.dtype))  # values: per token, no group to wait for
         self._positions[self._end:self._end + n] = positions
         tail_k = torch.cat((self._tail_k, keys.to(self.dtype)), 2)
-        tail_v = torch.cat((self._tail_v, values.to(self.dtype)), 2)
         full = tail_k.shape[2] // self.spec.group * self.spec.group
         if full:
             a = self._qend
             self._k.write(a, tail_k[:, :, :full])
-            self._v.write(a, tail_v[:, :, :full])
             rope = self._rope
             current = rope is not None and self._rot_key == (id(rope), getattr(rope, "version", 0))
             if current and self._rot_end == a:
@@ -291,7 +308,7 @@ class QuantizedSegment:
                 self._rot.write(a, rope.rotate(tail_k[:, :, :full], self._positions[a:a + full]))
                 self._rot_end = a + full
             self._qend = a + full
-        self._tail_k, self._tail_v = tail_k[:, :, full:].clone(), tail_v[:, :, full:].clone()
+        self._tail_k = tail_k[:, :, full:].clone()
 
     def drop_front(self, n: int) -> None:
         assert 0 <= n <= len(self)
@@ -301,7 +318,7 @@ class QuantizedSegment:
     @property
     def nbytes(self) -> int:
         first = min(self._start, self._qend)
-        total = self._k.nbytes(first, self._qend) + self._v.nbytes(first, self._qend)
+        total = self._k.nbytes(first, self._qend) + self._v.nbytes(self._start, self._end)
         live_tail = self._tail_k[:, :, max(self._start - self._qend, 0):]
         total += 2 * live_tail.numel() * live_tail.element_size()
         if self._rot is not None:
@@ -310,9 +327,9 @@ class QuantizedSegment:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         a, b = self._aligned_start, self._qend
-        return {**self._k.state("key", a, b), **self._v.state("value", a, b),
+        return {**self._k.state("key", a, b), **self._v.state("value", a, self._end),
                 "positions": self._positions[a:self._end].contiguous(),
-                "tail_keys": self._tail_k.contiguous(), "tail_values": self._tail_v.contiguous(),
+                "tail_keys": self._tail_k.contiguous(),
                 "offset": torch.tensor([self._start - a])}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -327,7 +344,7 @@ class QuantizedSegment:
         self._k = _Codes.adopt(state, "key", self.spec, True, dim)
         self._v = _Codes.adopt(state, "value", self.spec, False, dim)
         self._positions = state["positions"]
-        self._tail_k, self._tail_v = state["tail_keys"].to(self.dtype), state["tail_values"].to(self.dtype)
+        self._tail_k = state["tail_keys"].to(self.dtype)
         self._qend = self._k.codes.shape[2]
         self._start = int(state["offset"][0])
         self._reset_rotated()
