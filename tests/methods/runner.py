@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 # Options under which each method must equal dense on a 200-token input (context fits its window),

@@ -1,6 +1,6 @@
 import pytest
-from runner import (WITHIN_WINDOW, check_chunk_invariant, check_deterministic,
-                    check_exact_within_window)
+from runner import WITHIN_WINDOW, check_chunk_invariant, check_deterministic, check_exact_within_window
+
 from tiny import CONFIGS
 
 

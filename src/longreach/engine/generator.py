@@ -33,7 +33,7 @@ class Session:
                             scale=adapter.scale, trained_window=adapter.trained_window,
                             rope=adapter.rope, store=self.store, device=adapter.device, trace=self.trace)
         try:
-            self.policy = method.build(ctx)
+            self.policy = method.build(method.prepare(ctx))
         except ValueError as exc:
             raise LongreachError(f"method {method.name!r}: {exc}") from None
         self.position = 0

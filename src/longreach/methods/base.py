@@ -8,7 +8,6 @@ stored keys each query attends to and at which positions, and returns the output
 from __future__ import annotations
 
 import dataclasses
-import functools
 import typing
 from dataclasses import dataclass, field, fields
 
@@ -58,9 +57,10 @@ KV_QUANT = {"int8": 8, "int4": 4}
 class MethodConfig:
     """Base of every method's options. Subclasses validate in `__post_init__`.
 
-    The options below are shared by every method: RoPE scaling and KV quantization are
-    applied to the method's context (`prepare`) before its `build` runs, so a method needs
-    no code of its own for them. A method that cannot combine with one refuses it in `build`.
+    The options below are shared by every method: the engine applies RoPE scaling and KV
+    quantization to the method's context (`prepare`) and then calls `build` with it, so a
+    method needs no code of its own for them. A method that cannot combine with one refuses
+    it in `build`.
     """
 
     name: typing.ClassVar[str] = ""
@@ -73,17 +73,6 @@ class MethodConfig:
     target_length: int | None = option(None, "input length the RoPE scaling must reach (sets the factor)")
     kv_quant: str | None = option(None, "store keys and values as int8 or int4, dequantized on the fly")
     kv_group: int = option(64, "KV quantization group: tokens per key scale, channels per value scale")
-
-    def __init_subclass__(cls, **kwargs):
-        # Every method's build runs on the prepared context (RoPE scaling, quantized store).
-        # (No zero-argument super() here: slots dataclasses are re-created, which breaks it.)
-        build = cls.__dict__.get("build")
-        if build is not None and not getattr(build, "prepares_context", False):
-            @functools.wraps(build)
-            def build_prepared(self, ctx, _build=build):
-                return _build(self, self.prepare(ctx))
-            build_prepared.prepares_context = True
-            cls.build = build_prepared
 
     def check_shared(self) -> None:
         """Validate the shared options (ValueError with a clear message)."""
@@ -153,6 +142,7 @@ class Trace:
     """What a block-memory method selected, recorded only when the engine asks for it."""
 
     selections: list[dict] = field(default_factory=list)
+    selection_seconds: float = 0.0  # time spent choosing blocks
 
     def record(self, layer: int, query_positions: tuple[int, int], block_starts: list,
                block_size: int, memory_span: tuple[int, int]) -> None:
