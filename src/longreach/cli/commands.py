@@ -7,8 +7,16 @@ import sys
 
 from ..errors import LongreachError
 from ..units import parse_count
-from .common import (PrefillProgress, add_model_options, add_sampling_options, dump_json, load_lm,
-                     print_stats, read_text, sampling_kwargs)
+from .common import (
+    PrefillProgress,
+    add_model_options,
+    add_sampling_options,
+    dump_json,
+    load_lm,
+    print_stats,
+    read_text,
+    sampling_kwargs,
+)
 from .serve_commands import add_store_option, question_text, run_ask_context
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
