@@ -122,6 +122,8 @@ def main() -> int:
     parser.add_argument("--methods", default="infllm,streaming,dense")
     parser.add_argument("--out", default="docs/results/passkey_scaling.json")
     parser.add_argument("--skip-reference", action="store_true", help="skip the transformers reference")
+    parser.add_argument("--depths", default=",".join(map(str, DEPTHS)), help="a subset, to run the grid in parts")
+    parser.add_argument("--max-samples", type=int, default=None, help="cap samples per depth (a part of the grid)")
     args = parser.parse_args()
     lengths = [parse_count(x) for x in args.lengths.split(",")]
     methods = args.methods.split(",")
@@ -157,7 +159,9 @@ def main() -> int:
             n = samples_per_depth(method, length)
             attended = {"dense": length / 2, "streaming": 2052}.get(method, 128 + 2048 + 256 + 16 * 128)
             flops.setdefault(method, {})[str(length)] = base.adapter.flops_per_token(min(attended, length / 2))
-            for depth in DEPTHS:
+            if args.max_samples is not None:
+                n = min(n, args.max_samples)
+            for depth in [float(d) for d in args.depths.split(",")]:
                 for index in range(n):
                     key = f"{method}|{length}|{depth}|{index}"
                     if results.done(key):
