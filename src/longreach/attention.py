@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 _NEG_INF = float("-inf")
 
@@ -140,8 +139,3 @@ def summed_logits(q: torch.Tensor, k: torch.Tensor, scale: float,
         return (summed * _expand_heads(k, n_heads)).sum(-1) * scale
     per_key = torch.matmul(mask.T.to(q.dtype), q)  # [B, H, m, d]: sum of the queries seeing each key
     return (per_key * _expand_heads(k, n_heads)).sum(-1) * scale
-
-
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Plain full attention without a log-sum-exp (single segment, no mask)."""
-    return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1])

@@ -39,7 +39,3 @@ def peak_mb(device: torch.device) -> float:
         return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def current_rss_mb() -> float:
-    return _status_mb("VmRSS") or 0.0

@@ -50,10 +50,6 @@ class DecoderAdapter:
         self.lm_head = hf_model.lm_head
         self.rope = RotaryEmbedding(config, self.head_dim, self.device)
 
-    def rope_with(self, overrides: dict | None) -> RotaryEmbedding:
-        """A rotary embedding with some rope parameters replaced (e.g. a YaRN factor)."""
-        return RotaryEmbedding(self.config, self.head_dim, self.device, overrides) if overrides else self.rope
-
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 policy: AttentionPolicy) -> torch.Tensor:
