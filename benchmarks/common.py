@@ -12,13 +12,20 @@ import torch
 
 
 class ResultFile:
-    """A JSON file of finished cells, rewritten atomically after each one so a run can resume."""
+    """A JSON file of finished cells, rewritten atomically after each one so a run can resume.
+
+    `config` holds what every cell depends on beyond its key (options, templates, method
+    defaults): a file made under another config is refused rather than mixed in.
+    """
 
     def __init__(self, path: str | Path, config: dict):
         self.path = Path(path)
         self.data = {"config": config, "machine": machine_facts(), "cells": {}, "extra": {}}
         if self.path.exists():
             saved = json.loads(self.path.read_text())
+            if json.loads(json.dumps(config, default=str)) != saved.get("config"):
+                raise SystemExit(f"{self.path} holds cells measured with another configuration "
+                                 f"({saved.get('config')}); choose another --out or remove it")
             self.data["cells"] = saved.get("cells", {})
             self.data["extra"] = saved.get("extra", {})
 

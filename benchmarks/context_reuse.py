@@ -155,8 +155,7 @@ def main() -> int:
     lengths = [parse_count(x) for x in args.lengths.split(",")]
     methods = args.methods.split(",")
     options = parse_method_options(args.option, methods)
-    results = ResultFile(args.out, {"lengths": lengths, "methods": methods, "options": options,
-                                    "max_new_tokens": args.max_new_tokens})
+    results = ResultFile(args.out, {"options": options, "max_new_tokens": args.max_new_tokens})
     root = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="context-reuse-"))
     base = longreach.load(method="dense")
     try:

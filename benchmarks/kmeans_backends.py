@@ -84,7 +84,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--out", default="docs/results/kmeans_backends.json")
     args = parser.parse_args()
-    results = ResultFile(args.out, vars(args))
+    results = ResultFile(args.out, {"keys_per_cluster": args.keys_per_cluster, "iterations": args.iterations})
     rows = []
     for length in (parse_count(x) for x in args.lengths.split(",")):
         g = torch.Generator().manual_seed(0)

@@ -183,8 +183,7 @@ def main() -> int:
         return 2
     lengths = [parse_count(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
-    results = ResultFile(args.out, {"configs": {n: CONFIGS[n][:2] for n in names}, "chunk": args.chunk,
-                                    "ruler": args.ruler})
+    results = ResultFile(args.out, {"chunk": args.chunk, "ruler": args.ruler})
     base = longreach.load(method="dense", prefill_chunk=args.chunk)
     for name in names:
         method, options, longest = CONFIGS[name]

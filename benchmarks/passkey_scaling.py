@@ -21,6 +21,7 @@ import torch
 from common import ResultFile, markdown_table, matmul_gflops
 
 import longreach
+from longreach.methods import method_config
 from longreach.tasks import passkey_sample, score_passkey
 from longreach.units import parse_count
 
@@ -127,7 +128,9 @@ def main() -> int:
     args = parser.parse_args()
     lengths = [parse_count(x) for x in args.lengths.split(",")]
     methods = args.methods.split(",")
-    results = ResultFile(args.out, {"depths": DEPTHS, "template": "passkey (benchmarks.md section 3), raw"})
+    defaults = {name: method_config(name).to_dict() for name in ("dense", "streaming", "infllm")}
+    results = ResultFile(args.out, {"depths": DEPTHS, "template": "passkey (benchmarks.md section 3), raw",
+                                    "method_defaults": defaults})
     base = longreach.load(method="dense")
     tokenizer = base.tokenizer
 

@@ -5,7 +5,10 @@ For each strategy x task x length x depth: accuracy, needle-block recall at the 
 prefill tokens/s and the share of prefill time spent selecting blocks. The noise passkey is
 included to show nothing regressed. Finished cells are kept: rerun to continue.
 
-    python benchmarks/selection_real_text.py --lengths 8k,16k,32k,64k --selections paper,question
+    python benchmarks/selection_real_text.py --lengths 8k,16k,32k,64k --selections paper,question_global
+
+Prompts use the model's chat template (an instruct model answers the essay NIAH only so;
+`--raw` for base models). `--options` sets further infllm options for every strategy.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from common import ResultFile, markdown_table
 import longreach
 from longreach.bench import make_sample, score
 from longreach.diagnostics import needle_block_recall
+from longreach.methods import method_config
 from longreach.units import parse_count
 
 TASKS = {  # name -> (task, subtask)
@@ -39,23 +43,28 @@ def main() -> int:
     parser.add_argument("--depths", default="0.1,0.5,0.9", help="for niah and passkey (RULER draws its own)")
     parser.add_argument("--selections", default="paper,question")
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--chat", action="store_true", help="chat-template prompts (default: raw)")
+    parser.add_argument("--raw", dest="chat", action="store_false", help="raw prompts (default: chat template)")
+    parser.add_argument("--options", default="", help="infllm options for every strategy, e.g. n_local=2048")
+    parser.add_argument("--samples", type=int, default=1, help="seeds per cell")
     parser.add_argument("--out", default="docs/results/selection_real_text.json")
     args = parser.parse_args()
     lengths = [parse_count(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
-    results = ResultFile(args.out, {"chat": args.chat, "template": "raw" if not args.chat else "chat"})
+    options = dict(item.split("=", 1) for item in args.options.split(",") if item)
+    results = ResultFile(args.out, {"chat": args.chat, "options": options,
+                                    "infllm_defaults": method_config("infllm").to_dict()})
     base = longreach.load(method="dense")
     for length in lengths:
         for name in args.tasks.split(","):
             task, subtask = TASKS[name]
-            for depth in depths if task != "ruler" else [None]:
-                sample = make_sample(task, subtask, base.tokenizer, length, seed=0, chat=args.chat, depth=depth)
+            for depth, seed in [(d, s) for d in (depths if task != "ruler" else [None])
+                                for s in range(args.samples)]:
+                sample = make_sample(task, subtask, base.tokenizer, length, seed=seed, chat=args.chat, depth=depth)
                 for selection in args.selections.split(","):
-                    key = f"{selection}|{name}|{length}|{depth}"
+                    key = f"{selection}|{name}|{length}|{depth}|{seed}"
                     if results.done(key):
                         continue
-                    lm = base.with_method("infllm", selection=selection)
+                    lm = base.with_method("infllm", **{**options, "selection": selection})
                     result = lm.generate(sample.prompt_ids, sample.max_new_tokens, trace=True)
                     recall = needle_block_recall(result.selections, sample.needle_token_spans,
                                                  from_position=len(sample.prompt_ids) - 1)
@@ -72,8 +81,7 @@ def main() -> int:
     table = summarise(results.data["cells"])
     Path(args.out).with_suffix(".md").write_text(
         "# Block selection on real text (SmolLM2-135M-Instruct, infllm)\n\n"
-        f"Command: `python benchmarks/selection_real_text.py --lengths {args.lengths} "
-        f"--selections {args.selections}`\n\n" + table + "\n")
+        f"Command: `python benchmarks/selection_real_text.py {' '.join(sys.argv[1:])}`\n\n" + table + "\n")
     print(table)
     return 0
 

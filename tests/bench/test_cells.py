@@ -28,15 +28,15 @@ def test_bad_depth():
 
 
 def test_methods_with_options_and_continuations():
-    specs = parse_methods(["infllm:selection=question,topk_blocks=8,dense", "streaming"])
+    specs = parse_methods(["infllm:selection=question,topk_blocks=12,dense", "streaming"])
     assert [s.name for s in specs] == ["infllm", "dense", "streaming"]
-    assert dict(specs[0].options) == {"selection": "question", "topk_blocks": "8"}
-    assert specs[0].label == "infllm[selection=question,topk_blocks=8]"
+    assert dict(specs[0].options) == {"selection": "question", "topk_blocks": "12"}
+    assert specs[0].label == "infllm[selection=question,topk_blocks=12]"
     assert specs[1].label == "dense"
 
 
 def test_values_canonical_and_defaults_dropped():
-    a, = parse_methods(["infllm:n_local=2k,topk_blocks=16"])  # 16 is the default
+    a, = parse_methods(["infllm:n_local=2k,topk_blocks=8"])  # 8 is the default
     assert a.label == "infllm[n_local=2048]"
     assert parse_methods(["infllm:n_local=2048"]) == [a]
 

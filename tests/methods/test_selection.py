@@ -1,10 +1,12 @@
 """Selection strategies: deterministic, exact when they select every block, question-aware at the end."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from references import FixedDistanceConfig
 
-from longreach.methods.selection import SELECTORS
+from longreach.methods.selection import SELECTORS, SelectionRequest, block_match_z, consensus
 from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 SMALL = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
@@ -72,3 +74,58 @@ def test_per_head_selection_gathers_per_kv_head():
     final = [e for e in result.selections if e["queries"][1] == 199]
     assert final and all(len(e["block_starts"]) == 2 for e in final)  # Hkv = 2 lists
     assert all(isinstance(e["block_starts"][0], list) for e in final)
+
+
+@pytest.mark.parametrize("selection", ["paper", "question_global"])
+def test_packed_memory_reading_every_block_is_dense_attention(selection):
+    """Packed positions keep each token's true distance when nothing is left out."""
+    model = tiny_hf_model("llama")
+    ids = prompt_ids(200)
+    expected = all_logits(tiny_lm(model=model), ids, 200)
+    got = all_logits(tiny_lm(method="infllm", model=model, selection=selection, memory_positions="packed",
+                             **{**SMALL, "topk_blocks": 1000}), ids, 16)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _request(q, keys, topk=2, block_size=4):
+    return SelectionRequest(layer=0, q_global=q, memory_keys=keys, reprs=None, topk=topk,
+                            block_size=block_size, scale=1.0, phase="final", last_block_of_chunk=True)
+
+
+def test_block_match_z_is_each_heads_best_logit_per_block_standardised():
+    torch.manual_seed(0)
+    q, keys = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 40, 8)  # H=4, Hkv=2, 10 blocks of 4
+    got = block_match_z(_request(q, keys), n_queries=3, key_chunk=12)
+    expanded = keys[0].repeat_interleave(2, dim=0)  # [H, n, d]
+    best = torch.einsum("hqd,hnd->hqn", q[0, :, -3:], expanded).amax(dim=1).view(4, 10, 4).amax(-1)
+    expected = (best - best.median(dim=1, keepdim=True).values) / best.std(dim=1, keepdim=True)
+    torch.testing.assert_close(got, expected)
+
+
+def test_consensus_follows_the_few_heads_that_single_out_a_block():
+    z = torch.zeros(3, 9, 20)
+    z[:, :, 4] = 0.8  # every head mildly likes block 4
+    z[1, 6, 11], z[2, 7, 11] = 4.5, 4.0  # two retrieval heads point at block 11
+    assert consensus(z, heads=3).argmax().item() == 11
+
+
+def test_question_global_every_layer_reads_one_choice_from_the_last_prompt_token():
+    lm = tiny_lm(method="infllm", selection="question_global", prefill_chunk=64, **SMALL)
+    result = lm.generate(prompt_ids(200), max_new_tokens=4, trace=True)
+    answer = [e for e in result.selections if e["queries"][0] >= 199]
+    assert {e["queries"] for e in answer} >= {(199, 199), (200, 200)}  # the last prompt token, replayed
+    assert len({tuple(e["block_starts"]) for e in answer}) == 1
+    before = [e for e in result.selections if e["queries"][1] == 198]
+    assert len({tuple(e["block_starts"]) for e in before}) > 1  # the prompt's end: each layer its own
+
+
+def test_cluster_scores_equal_exact_key_scores_when_every_key_is_its_own_centroid():
+    torch.manual_seed(0)
+    q, keys = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 40, 8)  # 10 blocks of 4 keys
+    config = SimpleNamespace(repr_tokens=4, question_tokens=3)
+    selector = SELECTORS["cluster"](config)
+    scores = torch.zeros(4, 1, 4)
+    reprs = torch.stack([selector.representative(keys[:, :, b * 4:(b + 1) * 4], scores) for b in range(10)])
+    request = _request(q, keys)
+    request.reprs = reprs  # [n, B, H, r, d]
+    torch.testing.assert_close(selector.question_z(request), block_match_z(request, n_queries=3))

@@ -164,7 +164,7 @@ def test_completion_over_a_raw_context_scores_its_first_token(server, chat_lm):
     assert None not in lp.token_logprobs and all(len(top) == 2 for top in lp.top_logprobs)
 
     session = chat_lm.new_session()  # the same steps in process: the document, then the prompt
-    last = session.prefill(chat_lm.encode(text), 64).log_softmax(-1)
+    last = session.prefill(chat_lm.encode(text), 64, final=False).log_softmax(-1)
     ids = chat_lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     rows = torch.cat((last[None], session.prefill(ids, 64, all_logits=True).log_softmax(-1)[:-1]))
     want = rows.gather(1, torch.tensor(ids)[:, None])[:, 0]

@@ -70,16 +70,23 @@ class Session:
         ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.numel() == 0:
             raise LongreachError("the prompt is empty")
+        replay = final and self.policy.replay_last_token and ids.numel() > 1
+        body = ids[:-1] if replay else ids
         last, every = None, []
-        for start in range(0, ids.numel(), chunk):
-            self.policy.phase = "final" if final and start + chunk >= ids.numel() else "prefill"
-            hidden = self._forward(ids[start:start + chunk])
+        for start in range(0, body.numel(), chunk):
+            self.policy.phase = "final" if final and start + chunk >= body.numel() else "prefill"
+            hidden = self._forward(body[start:start + chunk])
             last = hidden[:, -1]
             if all_logits:
                 every.append(self.adapter.logits(hidden)[0])
             if on_progress:
-                on_progress(min(start + chunk, ids.numel()), ids.numel())
+                on_progress(min(start + chunk, body.numel()), ids.numel())
         self.policy.end_prefill()
+        if replay:  # the method chose at the prompt's end; the last token reads that choice
+            logits = self.step(int(ids[-1]))
+            if on_progress:
+                on_progress(ids.numel(), ids.numel())
+            return torch.cat([*every, logits[None]]) if all_logits else logits
         return torch.cat(every) if all_logits else self.adapter.logits(last)[0]
 
     def step(self, token: int) -> torch.Tensor:

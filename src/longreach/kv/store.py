@@ -290,7 +290,7 @@ class KVStore:
         """An independent copy (a fork of this sequence's memory)."""
         copy = KVStore(self.n_layers, self.n_kv_heads, self.head_dim, self.dtype, self.device,
                        self.offload_device, self.batch, self.quant)
-        for mine, theirs in zip(self.layers, copy.layers):
+        for mine, theirs in zip(self.layers, copy.layers, strict=True):
             theirs.segments = {name: seg.clone() for name, seg in mine.segments.items()}
             theirs.offloaded = set(mine.offloaded)
             theirs.buffers = {name: buf.clone() for name, buf in mine.buffers.items()}

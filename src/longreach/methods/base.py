@@ -171,6 +171,10 @@ class MethodContext:
 class Policy:
     """Per-sequence attention policy. Subclasses implement `attend`."""
 
+    # True: the engine feeds the prompt's last token as a decoding step, after the rest of the
+    # prompt, so that a choice made at the prompt's end (e.g. by the question) shapes the answer.
+    replay_last_token = False
+
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
         self.store = ctx.store

@@ -8,7 +8,14 @@ Per layer, tokens flow through three parts of the store:
 Queries are processed in execution blocks. Each block attends, in one exact softmax, to
 the local window at renumbered (relative) positions, and to init tokens, the remainder
 and the `topk_blocks` memory blocks it retrieves, all placed at the fixed distance
-`n_local`. RoPE positions therefore never exceed n_local + exec_block.
+`n_local` (or packed in order before the window: `memory_positions`). RoPE positions
+therefore never exceed n_local + exec_block (+ the read memory, packed).
+
+Which blocks are read is a strategy of its own (`selection`, see selection.py and
+docs/selection.md). The paper's is `selection=paper`; the default, `question_global`, lets
+the retrieval heads of all layers choose with the question once the prompt ends. The
+default budget (a local window of a sixteenth of the trained window, 8 blocks of 128) was
+measured on SmolLM2, whose answers on real text degrade as more of the window is filled.
 """
 
 from __future__ import annotations
@@ -29,15 +36,18 @@ class InfLLMConfig(MethodConfig):
     summary = "InfLLM: sinks + local window + retrieved memory blocks at a fixed distance"
 
     n_init: int = option(128, "initial (sink) tokens always attended")
-    n_local: int | None = option(None, "local window; default: a quarter of the model's trained window")
+    n_local: int | None = option(None, "local window; default: a sixteenth of the model's trained window")
     block_size: int = option(128, "tokens per memory block")
-    topk_blocks: int = option(16, "memory blocks retrieved per execution block")
+    topk_blocks: int = option(8, "memory blocks retrieved per execution block")
     repr_tokens: int = option(4, "representative keys per block")
     repr_score: str = option("attention", "how keys earn representative rank: attention (softmax mass "
                                           "received, InfLLM's code) or dot (summed q.k, the paper's formula; cheaper)")
-    exec_block: int = option(512, "queries sharing one retrieval")
-    selection: str = option("paper", f"block selection strategy: {', '.join(SELECTORS)}")
+    exec_block: int | None = option(None, "queries sharing one retrieval; default: 512, at most n_local")
+    selection: str = option("question_global", f"block selection strategy: {', '.join(SELECTORS)} "
+                                                "(paper: InfLLM's own)")
     question_tokens: int = option(64, "question-aware selection: how many of the prompt's last queries score")
+    memory_positions: str = option("fixed", "where read memory sits: fixed (the paper: every token at distance "
+                                            "n_local) or packed (in original order, just before the local window)")
 
     def __post_init__(self):
         check(self.n_init >= 0, "n_init must be >= 0")
@@ -45,22 +55,27 @@ class InfLLMConfig(MethodConfig):
         check(self.block_size >= 1, "block_size must be >= 1")
         check(self.topk_blocks >= 0, "topk_blocks must be >= 0")
         check(1 <= self.repr_tokens <= self.block_size, "repr_tokens must be in 1..block_size")
-        check(self.exec_block >= 1, "exec_block must be >= 1")
+        check(self.exec_block is None or self.exec_block >= 1, "exec_block must be >= 1")
         check(self.repr_score in ("attention", "dot"), "repr_score must be attention or dot")
         check(self.selection in SELECTORS, f"selection must be one of {', '.join(SELECTORS)}")
         check(self.question_tokens >= 1, "question_tokens must be >= 1")
+        check(self.memory_positions in ("fixed", "packed"), "memory_positions must be fixed or packed")
 
     def local_window(self, trained_window: int) -> int:
-        return self.n_local if self.n_local is not None else max(trained_window // 4, 1)
+        return self.n_local if self.n_local is not None else max(trained_window // 16, 1)
+
+    def execution_block(self, n_local: int) -> int:
+        return self.exec_block if self.exec_block is not None else min(512, n_local)
 
     def build(self, ctx) -> InfLLMPolicy:
         n_local = self.local_window(ctx.trained_window)
-        check(self.exec_block <= n_local, f"exec_block ({self.exec_block}) must be <= n_local ({n_local})")
+        exec_block = self.execution_block(n_local)
+        check(exec_block <= n_local, f"exec_block ({exec_block}) must be <= n_local ({n_local})")
         if ctx.trained_window:
-            check(n_local + self.exec_block <= ctx.trained_window,
-                  f"n_local + exec_block ({n_local + self.exec_block}) exceeds the model's trained "
+            check(n_local + exec_block <= ctx.trained_window,
+                  f"n_local + exec_block ({n_local + exec_block}) exceeds the model's trained "
                   f"window ({ctx.trained_window})")
-        return InfLLMPolicy(ctx, self, n_local)
+        return InfLLMPolicy(ctx, self, n_local, exec_block)
 
 
 @dataclass(slots=True)
@@ -75,13 +90,17 @@ class _Plan:
 
 
 class InfLLMPolicy(Policy):
-    def __init__(self, ctx, config: InfLLMConfig, n_local: int):
+    def __init__(self, ctx, config: InfLLMConfig, n_local: int, exec_block: int):
         super().__init__(ctx)
         self.config = config
-        self.n_local = n_local
+        self.n_local, self.exec_block = n_local, exec_block
         self.selector: PaperSelector = SELECTORS[config.selection](config)
         self._masks: dict[int, _Plan] = {}
         self._gathered: dict[int, tuple] = {}
+
+    @property
+    def replay_last_token(self) -> bool:
+        return self.selector.replay_last_token
 
     def reset_caches(self):
         self._masks, self._gathered = {}, {}
@@ -89,7 +108,7 @@ class InfLLMPolicy(Policy):
 
     # --- one layer, one chunk ---------------------------------------------------------
     def attend(self, layer, q, k, v, positions):
-        step = self.config.exec_block
+        step = self.exec_block
         if layer == 0:
             self._masks.clear()
         starts = range(0, q.shape[2], step)
@@ -119,17 +138,17 @@ class InfLLMPolicy(Policy):
         if b > a:
             parts.append(attend(q_local, keys[:, :, a:b], values[:, :, a:b], scale, mask=plan.band_mask))
 
-        # Memory is unrotated and the query rotated once at n_local: every memory token,
-        # sinks included, sits at distance n_local.
+        # Memory keys are unrotated; selection scores them against the query rotated at n_local.
         q_global = self.rope.rotate_one(q, self.n_local)
         far_keys, far_values = self._retrieve(layer, kv, q_global, positions, last)
         if len(init):
             far_keys, far_values = [init.keys, *far_keys], [init.values, *far_values]
-        if far_keys:
-            parts.append(attend(q_global, torch.cat(far_keys, 2), torch.cat(far_values, 2), scale))
         if plan.remainder_end:
             rk, rv, _ = recent.slice(0, plan.remainder_end)
-            parts.append(attend(q_global, rk, rv, scale, mask=plan.remainder_mask))
+            far_keys, far_values = [*far_keys, rk], [*far_values, rv]
+        if far_keys:
+            parts.extend(self._attend_far(q, q_global, torch.cat(far_keys, 2), torch.cat(far_values, 2),
+                                          positions, plan))
         out, lse = merge(parts)
 
         if self.config.repr_score == "attention":
@@ -139,6 +158,28 @@ class InfLLMPolicy(Policy):
         scores.data[a:] += earned.permute(2, 0, 1)
         self._evict(kv, recent, init, memory, scores)
         return out
+
+    def _attend_far(self, q, q_global, keys, values, positions, plan):
+        """Attention to init + retrieved blocks + remainder (last `remainder_end` keys, masked).
+
+        fixed: every key at distance n_local (the query rotated once, keys unrotated).
+        packed: keys keep their order, laid out just before the local window: key j at j and the
+        block's last query at n_local + len(keys) - 1 (the remainder's last key, the newest far
+        token, sits at distance n_local from it). Reading every block, every token keeps its true
+        distance: packed memory is dense attention with the unread gaps closed.
+        """
+        scale, split = self.ctx.scale, keys.shape[2] - plan.remainder_end
+        if self.config.memory_positions == "packed":
+            n = keys.shape[2]
+            keys = self.rope.rotate(keys, torch.arange(n))
+            q_global = self.rope.rotate(q, positions - positions[-1] + self.n_local + n - 1)
+        parts = []
+        if split:
+            parts.append(attend(q_global, keys[:, :, :split], values[:, :, :split], scale))
+        if plan.remainder_end:
+            parts.append(attend(q_global, keys[:, :, split:], values[:, :, split:], scale,
+                                mask=plan.remainder_mask))
+        return parts
 
     def _plan(self, positions, recent_positions) -> _Plan:
         """Split the recent tokens by what the block's queries see of them (indices into `recent`).

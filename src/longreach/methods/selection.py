@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import attend, received_mass
+from ..clustering import kmeans
 
 
 @dataclass
@@ -33,11 +34,26 @@ def _top(scores: torch.Tensor, topk: int) -> torch.Tensor:
     return scores.topk(topk, dim=-1).indices.sort(dim=-1).values.cpu()
 
 
+def _top_nearest_last(scores: torch.Tensor, topk: int) -> torch.Tensor:
+    """The topk blocks of `scores` [n], ordered so the best comes last (nearest the local window
+    when memory is packed): runs of adjacent blocks stay in text order, runs sorted by their best."""
+    chosen = _top(scores, topk).tolist()
+    runs: list[list[int]] = []
+    for block in chosen:
+        if runs and runs[-1][-1] == block - 1:
+            runs[-1].append(block)
+        else:
+            runs.append([block])
+    runs.sort(key=lambda run: float(scores[run].max()))
+    return torch.tensor([block for run in runs for block in run], dtype=torch.long)
+
+
 class PaperSelector:
     """InfLLM's: the execution block's mean query against one representative per block (mean of
     the keys that received most attention), summed over heads, one choice shared by all heads."""
 
     per_head = False
+    replay_last_token = False  # ask the engine to feed the prompt's last token as a decoding step
 
     def __init__(self, config):
         self.config = config
@@ -65,9 +81,15 @@ class MaxReprSelector(PaperSelector):
         return self._top_keys(keys, block_scores)  # [B, H, r, d]
 
     def select(self, request):
-        mean_query = request.q_global.mean(dim=2)[0].float()  # [H, d]
-        per_repr = torch.einsum("hd,nhrd->nhr", mean_query, request.reprs[:, 0].float())
-        return _top(per_repr.amax(dim=-1).sum(dim=-1), request.topk)
+        return _top(best_representative_scores(request), request.topk)
+
+
+def best_representative_scores(request: SelectionRequest) -> torch.Tensor:
+    """[n_blocks]: the execution block's mean query against each block's best representative
+    (reprs [n, B, H, r, d]), summed over heads."""
+    mean_query = request.q_global.mean(dim=2)[0].float()  # [H, d]
+    per_repr = torch.einsum("hd,nhrd->nhr", mean_query, request.reprs[:, 0].float())
+    return per_repr.amax(dim=-1).sum(dim=-1)
 
 
 class QuestionSelector(PaperSelector):
@@ -119,9 +141,104 @@ class QuestionPerHeadSelector(QuestionSelector):
         return chosen
 
 
+def block_match_z(request: SelectionRequest, n_queries: int, key_chunk: int = 8192) -> torch.Tensor:
+    """[H, n_blocks]: how strongly each head singles out each block for the last `n_queries` queries.
+
+    A head's score for a block is its best logit over (query, key) pairs inside the block, made
+    comparable across heads as a z-score (minus the head's median block, over its spread). A
+    retrieval head that finds the needle gives its block a z of 4-5 while every other head's
+    scores stay near zero, which a sum of attention mass over all heads would drown.
+    """
+    q = request.q_global[0, :, -n_queries:].float()  # [H, nq, d]
+    keys = request.memory_keys[0]  # [Hkv, n, d]
+    n_kv, bs = keys.shape[0], request.block_size
+    n_blocks = keys.shape[1] // bs
+    grouped = q.reshape(n_kv, -1, q.shape[-1])  # [Hkv, G * nq, d]
+    best = []
+    for start in range(0, n_blocks * bs, key_chunk):
+        part = keys[:, start:min(start + key_chunk, n_blocks * bs)].to(q.device).float()
+        logits = torch.bmm(grouped, part.transpose(1, 2))  # [Hkv, G * nq, m]
+        logits = logits.view(q.shape[0], q.shape[1], -1, bs).amax(dim=(1, 3))  # [H, m / bs]
+        best.append(logits)
+    best = torch.cat(best, dim=1)
+    spread = best.std(dim=1, keepdim=True).clamp_min(1e-4)
+    return (best - best.median(dim=1, keepdim=True).values) / spread
+
+
+def consensus(z: torch.Tensor, heads: int = 3) -> torch.Tensor:
+    """Block scores [n] from z-scores [..., n]: the sum of the `heads` strongest votes per block."""
+    flat = z.reshape(-1, z.shape[-1])
+    return flat.topk(min(heads, flat.shape[0]), dim=0).values.sum(dim=0)
+
+
+class QuestionGlobalSelector(PaperSelector):
+    """Question-aware across layers: retrieval heads, wherever they are, choose for every layer.
+
+    At the prompt's last execution block every head of every layer scores each memory block by
+    its best key match to the question (`block_match_z`); a layer reads the blocks its own heads
+    single out. Those votes are pooled over all layers, and from the answer's first token on
+    (the engine replays the prompt's last token as a decoding step, see `replay_last_token`)
+    every layer reads the blocks the strongest heads of the whole model agree on. Earlier
+    execution blocks use the paper's selection.
+    """
+
+    replay_last_token = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.votes: dict[int, torch.Tensor] = {}
+        self.shared: torch.Tensor | None = None
+
+    def question_z(self, request) -> torch.Tensor:
+        """[H, n_blocks] z-scores of the blocks for the question (the prompt's last queries)."""
+        return block_match_z(request, self.config.question_tokens)
+
+    def select(self, request):
+        if request.phase == "final" and request.last_block_of_chunk:
+            z = self.question_z(request)
+            self.votes[request.layer] = z
+            self.shared = None
+            return _top_nearest_last(consensus(z), request.topk)
+        if request.phase == "decode" and self.votes:
+            if self.shared is None:
+                self.shared = _top_nearest_last(consensus(torch.stack(list(self.votes.values()))), request.topk)
+            return self.shared
+        return self.before_question(request)
+
+    def before_question(self, request) -> torch.Tensor:
+        """The choice for execution blocks before the question: the paper's."""
+        return super().select(request)
+
+
+class ClusterSelector(QuestionGlobalSelector):
+    """Centroids as representatives: each block's keys are clustered (k-means, `repr_tokens`
+    clusters per KV head, as Squeezed Attention clusters a context); a block scores by its best
+    centroid. Question-aware across layers like `question_global`, at r/block_size of its cost."""
+
+    def representative(self, keys, block_scores):
+        batch, n_kv, size, dim = keys.shape
+        centroids, _ = kmeans(keys.reshape(batch * n_kv, size, dim), self.config.repr_tokens,
+                              iterations=5, spherical=False)
+        n_heads = block_scores.shape[2]
+        centroids = centroids.view(batch, n_kv, -1, dim).to(keys.dtype)
+        return centroids.repeat_interleave(n_heads // n_kv, dim=1)  # [B, H, r, d]
+
+    def question_z(self, request):
+        q = request.q_global[0, :, -self.config.question_tokens:].float()  # [H, nq, d]
+        centroids = request.reprs[:, 0].float()  # [n, H, r, d]
+        best = torch.einsum("hqd,nhrd->hnqr", q, centroids).amax(dim=(2, 3))  # [H, n]
+        spread = best.std(dim=1, keepdim=True).clamp_min(1e-4)
+        return (best - best.median(dim=1, keepdim=True).values) / spread
+
+    def before_question(self, request):
+        return _top(best_representative_scores(request), request.topk)
+
+
 SELECTORS: dict[str, type[PaperSelector]] = {
     "paper": PaperSelector,
     "max_repr": MaxReprSelector,
     "question": QuestionSelector,
     "question_per_head": QuestionPerHeadSelector,
+    "question_global": QuestionGlobalSelector,
+    "cluster": ClusterSelector,
 }

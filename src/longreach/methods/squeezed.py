@@ -57,10 +57,11 @@ class SqueezedConfig(MethodConfig):
     obs_window: int = option(64, "context tokens always attended (positions=true) and queries that "
                                  "calibrate the threshold")
     n_init: int = option(128, "positions=infllm: InfLLM sink tokens")
-    n_local: int | None = option(None, "positions=infllm: InfLLM local window (default: trained window / 4)")
+    n_local: int | None = option(None, "positions=infllm: InfLLM local window (default: trained window / 16)")
     block_size: int = option(128, "positions=infllm: InfLLM block size during prefill")
     topk_blocks: int = option(16, "positions=infllm: InfLLM blocks retrieved during prefill")
-    exec_block: int = option(512, "positions=infllm: InfLLM queries sharing one retrieval")
+    exec_block: int | None = option(None, "positions=infllm: InfLLM queries sharing one retrieval "
+                                          "(default: 512, at most n_local)")
 
     def __post_init__(self):
         check(self.positions in ("infllm", "true"), "positions must be infllm or true")
@@ -74,7 +75,7 @@ class SqueezedConfig(MethodConfig):
 
     def infllm(self) -> InfLLMConfig:
         return InfLLMConfig(n_init=self.n_init, n_local=self.n_local, block_size=self.block_size,
-                            topk_blocks=self.topk_blocks, exec_block=self.exec_block)
+                            topk_blocks=self.topk_blocks, exec_block=self.exec_block, selection="paper")
 
     def build(self, ctx) -> SqueezedPolicy:
         check(ctx.store.batch == 1, "squeezed clusters one sequence (batch 1)")
