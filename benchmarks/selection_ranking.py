@@ -23,7 +23,7 @@ from common import ResultFile, markdown_table
 import longreach
 from longreach.bench import make_sample
 from longreach.methods import method_config, selection
-from longreach.methods.selection import SelectionRequest, block_match_z, consensus
+from longreach.methods.selection import SelectionRequest, block_match_z, consensus, representative_scores
 from longreach.units import parse_count
 
 TASKS = {"niah_essay": ("niah", "niah"), "ruler_niah_single_2": ("ruler", "niah_single_2"),
@@ -41,9 +41,9 @@ class Recorder(selection.PaperSelector):
         return super().select(request)
 
 
-def strategy_scores(request: SelectionRequest, config, block_size: int) -> tuple[dict, torch.Tensor]:
+def strategy_scores(request: SelectionRequest, config, block_size: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Block scores [n] (or [Hkv, n] per KV head) for one layer's question, per strategy, and
-    the layer's centroid z-scores [H, n] (pooled over layers by the caller)."""
+    the layer's key and centroid z-scores [H, n] (pooled over layers by the caller)."""
     question = selection.QuestionSelector(config)
     mass = question.block_mass(request)  # [H, n]
     n_kv = request.memory_keys.shape[1]
@@ -51,15 +51,15 @@ def strategy_scores(request: SelectionRequest, config, block_size: int) -> tuple
     keys = request.memory_keys
     centroids = torch.stack([cluster.representative(keys[:, :, b:b + block_size], torch.zeros(1, 1, mass.shape[0]))
                              for b in range(0, keys.shape[2] - block_size + 1, block_size)])
-    with_centroids = SelectionRequest(**{**request.__dict__, "reprs": centroids})
-    mean_query = request.q_global.mean(dim=2)[0].float()
+    key_z = block_match_z(request, config.question_tokens)
+    centroid_z = cluster.question_z(SelectionRequest(**{**request.__dict__, "reprs": centroids}))
     return {
-        "paper": torch.einsum("hd,nhd->n", mean_query, request.reprs[:, 0].float()),
+        "paper": representative_scores(request),
         "question": mass.sum(dim=0),
         "question_per_head": mass.view(n_kv, -1, mass.shape[-1]).sum(dim=1),
-        "question_global (layer)": consensus(block_match_z(request, config.question_tokens)),
-        "cluster (layer)": consensus(cluster.question_z(with_centroids)),
-    }, cluster.question_z(with_centroids)
+        "question_global (layer)": consensus(key_z),
+        "cluster (layer)": consensus(centroid_z),
+    }, key_z, centroid_z
 
 
 def needle_rank(scores: torch.Tensor, needle: list[int]) -> float:
@@ -110,10 +110,10 @@ def measure(sample, config, seen: dict[int, SelectionRequest], k: int) -> dict:
         n_blocks = request.memory_keys.shape[2] // bs
         needle = sorted({(p - first) // bs for a, b in sample.needle_token_spans for p in range(a, b)
                          if 0 <= (p - first) // bs < n_blocks})
-        scores, centroid_z = strategy_scores(request, config, bs)
+        scores, key_z, centroid_z = strategy_scores(request, config, bs)
         for name, value in scores.items():
             per_strategy.setdefault(name, []).append(needle_rank(value, needle))
-        votes.append(block_match_z(request, config.question_tokens))
+        votes.append(key_z)
         centroid_votes.append(centroid_z)
     for name, pooled in (("question_global (all layers)", votes), ("cluster (all layers)", centroid_votes)):
         per_strategy[name] = [needle_rank(consensus(torch.stack(pooled)), needle)] * len(seen)

@@ -69,9 +69,14 @@ class PaperSelector:
         return expanded.gather(2, top[..., None].expand(-1, -1, -1, keys.shape[-1]))  # [B, H, r, d]
 
     def select(self, request: SelectionRequest) -> torch.Tensor:
-        mean_query = request.q_global.mean(dim=2)[0].float()  # [H, d]; batch item 0 decides
-        scores = torch.einsum("hd,nhd->n", mean_query, request.reprs[:, 0].float())
-        return _top(scores, request.topk)
+        return _top(representative_scores(request), request.topk)
+
+
+def representative_scores(request: SelectionRequest) -> torch.Tensor:
+    """[n_blocks]: the execution block's mean query against each block's representative
+    (reprs [n, B, H, d]), summed over heads; batch item 0 decides."""
+    mean_query = request.q_global.mean(dim=2)[0].float()  # [H, d]
+    return torch.einsum("hd,nhd->n", mean_query, request.reprs[:, 0].float())
 
 
 class MaxReprSelector(PaperSelector):
@@ -160,7 +165,11 @@ def block_match_z(request: SelectionRequest, n_queries: int, key_chunk: int = 81
         logits = torch.bmm(grouped, part.transpose(1, 2))  # [Hkv, G * nq, m]
         logits = logits.view(q.shape[0], q.shape[1], -1, bs).amax(dim=(1, 3))  # [H, m / bs]
         best.append(logits)
-    best = torch.cat(best, dim=1)
+    return standardise(torch.cat(best, dim=1))
+
+
+def standardise(best: torch.Tensor) -> torch.Tensor:
+    """Per-head block scores [H, n] as z-scores: minus the head's median block, over its spread."""
     spread = best.std(dim=1, keepdim=True).clamp_min(1e-4)
     return (best - best.median(dim=1, keepdim=True).values) / spread
 
@@ -226,9 +235,7 @@ class ClusterSelector(QuestionGlobalSelector):
     def question_z(self, request):
         q = request.q_global[0, :, -self.config.question_tokens:].float()  # [H, nq, d]
         centroids = request.reprs[:, 0].float()  # [n, H, r, d]
-        best = torch.einsum("hqd,nhrd->hnqr", q, centroids).amax(dim=(2, 3))  # [H, n]
-        spread = best.std(dim=1, keepdim=True).clamp_min(1e-4)
-        return (best - best.median(dim=1, keepdim=True).values) / spread
+        return standardise(torch.einsum("hqd,nhrd->hnqr", q, centroids).amax(dim=(2, 3)))  # [H, n]
 
     def before_question(self, request):
         return _top(best_representative_scores(request), request.topk)
