@@ -120,7 +120,8 @@ def run_cell(lm, length: int, max_new_tokens: int, root: Path) -> dict:
 
 
 def summarise(cells: list[dict]) -> str:
-    rows = [[c["method"], f"{c['context_tokens'] // 1024}K", f"{c['scratch_ttft_s']:.1f}",
+    rows = [[c["method"] + (f" + {c['options']['kv_quant']} KV" if c["options"].get("kv_quant") else ""),
+             f"{c['context_tokens'] // 1024}K", f"{c['scratch_ttft_s']:.1f}",
              f"{c['add_s']:.1f}", f"{c['load_s']:.2f}", f"{c['cold_ttft_s']:.2f}", f"{c['warm_ttft_s']:.2f}",
              f"{c['ttft_ratio']:.2%}", f"{c['bytes'] / 2**20:.0f}", f"{c['bytes_per_1k_tokens'] / 2**20:.1f}",
              "yes" if c["same_answer"] else "no", "yes" if c["fact_found"] else "no"]

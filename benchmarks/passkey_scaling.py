@@ -84,6 +84,19 @@ def best_of(runs: list[dict]) -> dict:
     return best
 
 
+def attended_keys(lm, length: int) -> float:
+    """Keys an average prefill query attends to under the method's own budget (for the roofline)."""
+    cfg, trained = lm.method, lm.adapter.trained_window
+    if cfg.name == "streaming":
+        budget = cfg.n_sink + cfg.window
+    elif cfg.name == "infllm":
+        n_local = cfg.local_window(trained)
+        budget = cfg.n_init + n_local + cfg.topk_blocks * cfg.block_size + cfg.execution_block(n_local) / 2
+    else:
+        budget = length
+    return min(budget, length / 2)
+
+
 def summarise(data: dict, flops_per_token: dict, gflops: float) -> str:
     groups = defaultdict(list)
     for cell in data["cells"].values():
@@ -113,7 +126,10 @@ def summarise(data: dict, flops_per_token: dict, gflops: float) -> str:
         table += "\n\nSame run, same prompt: transformers `generate` vs longreach `dense`\n\n" + markdown_table(
             ["length", "HF prefill tok/s", "HF decode tok/s", "dense prefill tok/s", "dense decode tok/s",
              "prefill ratio", "decode ratio", "same greedy text"], ref_rows)
-    table += f"\n\nMachine fp32 matmul: {gflops:.0f} GFLOP/s ({data['machine']['threads']} threads)."
+    table += (f"\n\nMachine fp32 matmul: {gflops:.0f} GFLOP/s ({data['machine']['threads']} threads). Roofline: "
+              "prefill FLOPs per token (projections, MLP, and attention over the keys the method reads) "
+              "x tokens/s over that rate. Peak RSS: the process's high-water mark from the start of a "
+              "cell; it includes memory the allocator kept from earlier cells run in the same process.")
     return table
 
 
@@ -160,8 +176,7 @@ def main() -> int:
         lm = base.with_method(method)
         for length in lengths:
             n = samples_per_depth(method, length)
-            attended = {"dense": length / 2, "streaming": 2052}.get(method, 128 + 2048 + 256 + 16 * 128)
-            flops.setdefault(method, {})[str(length)] = base.adapter.flops_per_token(min(attended, length / 2))
+            flops.setdefault(method, {})[str(length)] = base.adapter.flops_per_token(attended_keys(lm, length))
             if args.max_samples is not None:
                 n = min(n, args.max_samples)
             for depth in [float(d) for d in args.depths.split(",")]:

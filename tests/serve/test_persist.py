@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from longreach.kv import tensorfile
 from longreach.kv.persist import (
     LAST_LOGITS,
     MANIFEST_FILE,
@@ -73,6 +75,31 @@ def test_tensorfile_handles_dtypes_and_empty_tensors(tmp_path):
     mapped = map_tensors(tmp_path / "t.safetensors")
     for name, tensor in tensors.items():
         assert mapped[name].dtype == tensor.dtype and torch.equal(mapped[name], tensor)
+
+
+@pytest.mark.parametrize("kv_quant", [None, "int8"])
+def test_loading_prefetches_exactly_the_stored_keys(tmp_path, monkeypatch, kv_quant):
+    hinted = threading.Event()
+    ranges: list = []
+
+    def record(mapped, wanted):
+        ranges.extend(wanted)
+        hinted.set()
+
+    monkeypatch.setattr(tensorfile, "_will_need", record)
+    lm = tiny_lm(method="infllm", model=tiny_hf_model(), prefill_chunk=64, kv_quant=kv_quant,
+                 **OPTIONS["infllm"])
+    session = lm.new_session()
+    session.prefill(prompt_ids(200), 64)
+    save_session(session, tmp_path / "ctx", Fingerprint.of(lm), prompt_ids(200))
+    memory = load_session(lm, tmp_path / "ctx")
+    assert hinted.wait(10)
+    keys = {n: t for n, t in memory.state.items() if n.rsplit(".", 1)[-1] in
+            ("keys", "key_codes", "key_scale", "key_zero", "tail_keys")}
+    assert any(".memory." in n for n in keys) and len(keys) < len(memory.state)
+    assert sorted(end - start for start, end in ranges) == sorted(t.numel() * t.element_size()
+                                                                 for t in keys.values() if t.numel())
+    assert ranges == sorted(ranges)  # in file order: one sequential read
 
 
 def test_other_method_options_or_model_are_refused(tmp_path):

@@ -285,7 +285,7 @@ def load_session(lm, directory: Path, fingerprint: Fingerprint | None = None, ve
     try:
         if header_sha256(path) != manifest.header_sha256:
             raise CorruptMemory(f"{TENSORS_FILE}: header fails its checksum")
-        state = map_tensors(path)
+        state = map_tensors(path, prefetch=_is_keys)
     except (OSError, TensorFileError) as exc:
         raise CorruptMemory(str(exc)) from None
     last_logits = state.pop(LAST_LOGITS, None)
@@ -294,6 +294,11 @@ def load_session(lm, directory: Path, fingerprint: Fingerprint | None = None, ve
     except (ValueError, IndexError, KeyError) as exc:
         raise CorruptMemory(f"{TENSORS_FILE}: unexpected tensor layout ({exc})") from None
     return StoredMemory(lm, manifest, state, last_logits)
+
+
+def _is_keys(name: str) -> bool:
+    """Stored keys (plain or quantized): the part of a memory that block selection reads first."""
+    return name.rsplit(".", 1)[-1].startswith(("key", "tail_keys"))
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:

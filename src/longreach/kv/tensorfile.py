@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,12 +83,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def map_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, memory-mapped copy-on-write: nothing is read until used."""
+def map_tensors(path: Path, prefetch: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, memory-mapped copy-on-write: nothing is read until used.
+
+    `prefetch(name)` picks tensors whose pages the OS starts reading at once, in the background
+    (madvise WILLNEED), so that a cold file is read in large sequential requests while the
+    caller computes, instead of page by page when first touched.
+    """
     with open(path, "rb") as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     header, base = _parse_header(mapped, path.name)
-    tensors = {}
+    tensors, wanted = {}, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -106,7 +112,21 @@ def map_tensors(path: Path) -> dict[str, torch.Tensor]:
         else:
             flat = torch.frombuffer(mapped, dtype=dtype, count=count, offset=base + start)
             tensors[name] = flat.view(shape)
+            if prefetch is not None and prefetch(name):
+                wanted.append((base + start, base + end))
+    if wanted and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+        threading.Thread(target=_will_need, args=(mapped, sorted(wanted)), daemon=True).start()
     return tensors
+
+
+def _will_need(mapped: mmap.mmap, ranges: list[tuple[int, int]]) -> None:
+    """Ask the OS to read these byte ranges of the mapping ahead (a hint: errors are ignored)."""
+    for start, end in ranges:
+        aligned = start - start % mmap.PAGESIZE
+        try:
+            mapped.madvise(mmap.MADV_WILLNEED, aligned, end - aligned)
+        except (OSError, ValueError):  # e.g. the mapping was closed meanwhile
+            return
 
 
 def _parse_header(mapped, name: str) -> tuple[dict, int]:
