@@ -25,7 +25,11 @@ def test_retrieves_topk_blocks_per_execution_block():
     assert result.selections, "the trace records selections"
     for selection in result.selections:
         starts, (first, end) = selection["block_starts"], selection["memory_span"]
-        assert len(set(starts)) == len(starts) == min(2, (end - first) // 8)  # distinct, topk or all
+        expected = min(2, (end - first) // 8)  # distinct, topk or all
+        if selection["queries"][0] >= 199:  # answer steps also read blocks evicted since the question
+            assert len(set(starts)) == len(starts) >= expected
+        else:
+            assert len(set(starts)) == len(starts) == expected
         assert all(start % 8 == 4 and first <= start < end for start in starts)  # blocks after the 4 sinks
     # 200 prompt tokens + 3 decoded: 4 init, 32..39 local+remainder, the rest in blocks of 8
     session = lm.new_session()

@@ -119,6 +119,19 @@ def test_question_global_every_layer_reads_one_choice_from_the_last_prompt_token
     assert len({tuple(e["block_starts"]) for e in before}) > 1  # the prompt's end: each layer its own
 
 
+def test_question_global_keeps_reading_blocks_evicted_after_the_question_scored():
+    torch.manual_seed(0)
+    q, keys = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 48, 8)  # 12 blocks of 4
+    selector = SELECTORS["question_global"](SimpleNamespace(question_tokens=3))
+    scored = _request(q, keys[:, :, :40])  # the question saw 10 blocks in memory
+    chosen = selector.select(scored)
+    decode = _request(q, keys)
+    decode.phase = "decode"  # two more blocks were evicted from the window since
+    got = selector.select(decode)
+    assert got[-2:].tolist() == [10, 11] and len(got) == scored.topk + 2
+    assert set(chosen.tolist()) <= set(range(10)) and set(got[:-2].tolist()) <= set(range(10))
+
+
 def test_cluster_scores_equal_exact_key_scores_when_every_key_is_its_own_centroid():
     torch.manual_seed(0)
     q, keys = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 40, 8)  # 10 blocks of 4 keys

@@ -209,9 +209,13 @@ class QuestionGlobalSelector(PaperSelector):
             self.shared = None
             return _top_nearest_last(consensus(z), request.topk)
         if request.phase == "decode" and self.votes:
+            votes = torch.stack(list(self.votes.values()))
             if self.shared is None:
-                self.shared = _top_nearest_last(consensus(torch.stack(list(self.votes.values()))), request.topk)
-            return self.shared
+                self.shared = _top_nearest_last(consensus(votes), request.topk)
+            # Blocks evicted after the question scored the memory were in its window or remainder
+            # (always attended then): keep reading them, or a needle just past the window is lost.
+            newer = torch.arange(votes.shape[-1], request.memory_keys.shape[2] // request.block_size)
+            return torch.cat((self.shared, newer)) if len(newer) else self.shared
         return self.before_question(request)
 
     def before_question(self, request) -> torch.Tensor:
