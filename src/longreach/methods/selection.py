@@ -209,12 +209,12 @@ class QuestionGlobalSelector(PaperSelector):
             self.shared = None
             return _top_nearest_last(consensus(z), request.topk)
         if request.phase == "decode" and self.votes:
-            votes = torch.stack(list(self.votes.values()))
             if self.shared is None:
-                self.shared = _top_nearest_last(consensus(votes), request.topk)
+                self.shared = _top_nearest_last(consensus(torch.stack(list(self.votes.values()))), request.topk)
             # Blocks evicted after the question scored the memory were in its window or remainder
             # (always attended then): keep reading them, or a needle just past the window is lost.
-            newer = torch.arange(votes.shape[-1], request.memory_keys.shape[2] // request.block_size)
+            scored = next(iter(self.votes.values())).shape[-1]
+            newer = torch.arange(scored, request.memory_keys.shape[2] // request.block_size)
             return torch.cat((self.shared, newer)) if len(newer) else self.shared
         return self.before_question(request)
 
