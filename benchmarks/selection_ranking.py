@@ -37,7 +37,9 @@ class Recorder(selection.PaperSelector):
 
     def select(self, request):
         if request.phase == "final" and request.last_block_of_chunk:
-            Recorder.seen[request.layer] = request
+            # A copy of the memory as it is now: the segment keeps growing while the answer decodes.
+            Recorder.seen[request.layer] = SelectionRequest(**{**request.__dict__, "memory": None,
+                                                               "memory_keys": request.all_keys().clone()})
         return super().select(request)
 
 
@@ -46,9 +48,9 @@ def strategy_scores(request: SelectionRequest, config, block_size: int) -> tuple
     the layer's key and centroid z-scores [H, n] (pooled over layers by the caller)."""
     question = selection.QuestionSelector(config)
     mass = question.block_mass(request)  # [H, n]
-    n_kv = request.memory_keys.shape[1]
+    n_kv = request.n_kv_heads
     cluster = selection.ClusterSelector(config)
-    keys = request.memory_keys
+    keys = request.all_keys()
     centroids = torch.stack([cluster.representative(keys[:, :, b:b + block_size], torch.zeros(1, 1, mass.shape[0]))
                              for b in range(0, keys.shape[2] - block_size + 1, block_size)])
     key_z = block_match_z(request, config.question_tokens)
@@ -107,7 +109,7 @@ def measure(sample, config, seen: dict[int, SelectionRequest], k: int) -> dict:
     votes, centroid_votes = [], []
     for layer in sorted(seen):
         request = seen[layer]
-        n_blocks = request.memory_keys.shape[2] // bs
+        n_blocks = request.n_tokens // bs
         needle = sorted({(p - first) // bs for a, b in sample.needle_token_spans for p in range(a, b)
                          if 0 <= (p - first) // bs < n_blocks})
         scores, key_z, centroid_z = strategy_scores(request, config, bs)

@@ -62,3 +62,51 @@ def test_state_dict_round_trip_and_clone_independence():
     clone = store.clone()
     clone[0].segments["a"].append(*_tokens(9, 2))
     assert len(store[0].segments["a"]) == 5 and len(clone[0].segments["a"]) == 7
+
+
+def test_adopted_tokens_are_not_copied_when_the_segment_grows():
+    """A stored context's mapped tensors stay where they are; new tokens go to a buffer after them,
+    and every read (parts, slices, gathers, drops, saving) sees one run of tokens."""
+    k, v, p = _tokens(0, 40)
+    adopted = {"keys": k.clone(), "values": v.clone(), "positions": p.clone()}
+    seg = KVStore(1, 2, 8, torch.float32, "cpu")[0].segment("memory")
+    seg.load_state_dict(adopted)
+    reference = KVStore(1, 2, 8, torch.float32, "cpu")[0].segment("memory")
+    reference.append(k, v, p)
+    for start in (40, 52):
+        more = _tokens(start, 12)
+        seg.append(*more)
+        reference.append(*more)
+    base, tail = seg.key_parts()
+    assert base.data_ptr() == adopted["keys"].data_ptr() and tail.shape[2] == 24
+    assert len(seg) == 64 and torch.equal(seg.positions, reference.positions)
+    index = torch.tensor([45, 3, 60, 39, 40, 0])
+    for got, expected in zip(seg.gather(index), reference.gather(index), strict=True):
+        assert torch.equal(got, expected)
+    per_head = torch.tensor([[1, 50, 39, 63], [44, 2, 40, 7]])
+    for got, expected in zip(seg.gather_per_head(per_head), reference.gather_per_head(per_head), strict=True):
+        assert torch.equal(got, expected)
+    for a, b in ((0, 8), (30, 40), (41, 50)):
+        for got, expected in zip(seg.slice(a, b), reference.slice(a, b), strict=True):
+            assert torch.equal(got, expected)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(seg.state_dict()[name], tensor)
+    seg.drop_front(10)
+    reference.drop_front(10)
+    assert torch.equal(torch.cat(seg.key_parts(), 2), reference.keys)
+    assert seg.key_parts()[0].data_ptr() == adopted["keys"][:, :, 10:].data_ptr()
+    seg.drop_front(35)  # past the adopted tokens
+    reference.drop_front(35)
+    assert len(seg.key_parts()) == 1 and torch.equal(seg.keys, reference.keys)
+    assert torch.equal(adopted["keys"], k) and torch.equal(adopted["values"], v)  # never written
+
+
+def test_a_straddling_slice_or_rotation_joins_the_parts_once():
+    rope = RotaryEmbedding(LlamaConfig(head_dim=8, hidden_size=16, num_attention_heads=2), 8)
+    k, v, p = _tokens(0, 20)
+    seg = KVStore(1, 2, 8, torch.float32, "cpu")[0].segment("s")
+    seg.load_state_dict({"keys": k, "values": v, "positions": p})
+    seg.append(*_tokens(20, 5))
+    keys, _, positions = seg.slice(15, 25)
+    assert torch.equal(positions, torch.arange(15, 25)) and len(seg.key_parts()) == 1
+    torch.testing.assert_close(seg.rotated_keys(rope), rope.rotate(seg.keys, seg.positions))

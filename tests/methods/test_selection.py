@@ -6,6 +6,7 @@ import pytest
 import torch
 from references import FixedDistanceConfig
 
+from longreach.kv import KVStore
 from longreach.methods.selection import SELECTORS, SelectionRequest, block_match_z, consensus
 from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
@@ -100,6 +101,22 @@ def test_block_match_z_is_each_heads_best_logit_per_block_standardised():
     best = torch.einsum("hqd,hnd->hqn", q[0, :, -3:], expanded).amax(dim=1).view(4, 10, 4).amax(-1)
     expected = (best - best.median(dim=1, keepdim=True).values) / best.std(dim=1, keepdim=True)
     torch.testing.assert_close(got, expected)
+
+
+def test_block_match_z_reads_a_stored_memory_in_parts_and_any_chunk_size():
+    """Keys adopted from a stored context plus keys evicted since score as one memory."""
+    torch.manual_seed(0)
+    q, keys = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 48, 8)  # 12 blocks of 4
+    expected = block_match_z(_request(q, keys), n_queries=3)
+    memory = KVStore(1, 2, 8, torch.float32, "cpu")[0].segment("memory")
+    memory.load_state_dict({"keys": keys[:, :, :32], "values": keys[:, :, :32], "positions": torch.arange(32)})
+    memory.append(keys[:, :, 32:], keys[:, :, 32:], torch.arange(32, 48))
+    request = _request(q, None)
+    request.memory = memory
+    assert len(request.key_parts()) == 2 and request.n_tokens == 48
+    for chunk in (10, 8, 4096):  # 10 is not a multiple of the block size
+        torch.testing.assert_close(block_match_z(request, n_queries=3, key_chunk=chunk), expected)
+    assert len(memory.key_parts()) == 2  # scoring did not join the parts
 
 
 def test_consensus_follows_the_few_heads_that_single_out_a_block():

@@ -82,7 +82,7 @@ def test_loading_prefetches_exactly_the_stored_keys(tmp_path, monkeypatch, kv_qu
     hinted = threading.Event()
     ranges: list = []
 
-    def record(mapped, wanted):
+    def record(path, mapped, wanted):
         ranges.extend(wanted)
         hinted.set()
 
@@ -99,7 +99,27 @@ def test_loading_prefetches_exactly_the_stored_keys(tmp_path, monkeypatch, kv_qu
     assert any(".memory." in n for n in keys) and len(keys) < len(memory.state)
     assert sorted(end - start for start, end in ranges) == sorted(t.numel() * t.element_size()
                                                                  for t in keys.values() if t.numel())
-    assert ranges == sorted(ranges)  # in file order: one sequential read
+    raw = (tmp_path / "ctx" / TENSORS_FILE).read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    at = {8 + size + info["data_offsets"][0]: name for name, info in header.items() if name != "__metadata__"}
+    layers = [int(at[start].split(".")[0]) for start, _ in ranges]
+    assert layers == sorted(layers)  # layer by layer, as a forward pass reads them
+    if kv_quant is None:
+        assert ranges == sorted(ranges)  # and then in file order: one sequential read
+
+
+def test_tensors_are_written_layer_by_layer_in_natural_order(tmp_path):
+    names = ["10.cold.memory.keys", "2.cold.memory.keys", "1.cold.memory.keys", "2.buf.repr", "pos"]
+    tensors = {name: torch.full((4,), float(i)) for i, name in enumerate(names)}
+    tensors["pos"] = torch.arange(3)  # int64: larger elements come first whatever the name
+    write_tensors(tmp_path / "t.safetensors", tensors)
+    with safe_open(tmp_path / "t.safetensors", "pt") as f:
+        assert set(f.keys()) == set(names)  # still a file the library reads
+    raw = (tmp_path / "t.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    in_file = sorted(header, key=lambda name: header[name]["data_offsets"][0])
+    assert in_file == ["pos", "1.cold.memory.keys", "2.buf.repr", "2.cold.memory.keys", "10.cold.memory.keys"]
 
 
 def test_other_method_options_or_model_are_refused(tmp_path):

@@ -233,6 +233,9 @@ class QuantizedSegment:
     def values(self) -> torch.Tensor:
         return self._v.read_range(self._start, self._end, self.dtype)
 
+    def key_parts(self) -> list[torch.Tensor]:
+        return [self.keys]
+
     @property
     def positions(self) -> torch.Tensor:
         return self._positions[self._start:self._end]

@@ -29,42 +29,83 @@ class KVSegment:
         self._rotated: torch.Tensor | None = None
         self._rot_end = 0
         self._rot_rope = None
+        # Adopted tensors (e.g. a stored context's memory-mapped file) are never copied to grow:
+        # once more tokens arrive they become a read-only `_base` before the growable buffer.
+        self._adopted = False
+        self._base: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
-        return self._end - self._start
+        return self._base_len + self._end - self._start
+
+    @property
+    def _base_len(self) -> int:
+        return 0 if self._base is None else self._base[2].shape[0]
 
     @property
     def keys(self) -> torch.Tensor:  # [B, Hkv, n, d], pre-RoPE
+        self._merge_base()
         return self._keys[:, :, self._start:self._end]
 
     @property
     def values(self) -> torch.Tensor:  # [B, Hkv, n, d]
+        self._merge_base()
         return self._values[:, :, self._start:self._end]
 
     @property
     def positions(self) -> torch.Tensor:  # [n], true token positions
-        return self._positions[self._start:self._end]
+        live = self._positions[self._start:self._end]
+        return live if self._base is None else torch.cat((self._base[2], live))
+
+    def key_parts(self) -> list[torch.Tensor]:
+        """The keys as views in token order, without copying: [base, buffer] or [buffer]."""
+        live = self._keys[:, :, self._start:self._end]
+        return [live] if self._base is None else [t for t in (self._base[0], live) if t.shape[2]]
+
+    def _merge_base(self) -> None:
+        """Copy the read-only base into the buffer (for callers that need one contiguous tensor)."""
+        if self._base is None:
+            return
+        base, self._base = self._base, None
+        self._rotated, self._rot_end = None, 0
+        if self._end == self._start:
+            self._keys, self._values, self._positions = base
+            self._start, self._end, self._adopted = 0, base[2].shape[0], True
+            return
+        keys, values, positions = (torch.cat((b, live), dim) for b, live, dim in zip(
+            base, (self._keys[:, :, self._start:self._end], self._values[:, :, self._start:self._end],
+                   self._positions[self._start:self._end]), (2, 2, 0), strict=True))
+        self._keys, self._values, self._positions = keys, values, positions
+        self._start, self._end = 0, positions.shape[0]
 
     def _reserve(self, extra: int) -> None:
-        need = len(self) + extra
         capacity = self._keys.shape[2]
         if self._end + extra <= capacity:
             return
-        if need <= capacity and self._start >= capacity // 2:
+        a, b = self._start, self._end
+        if self._adopted and self._base is None:
+            # Keep the adopted tokens where they are and start a fresh buffer after them.
+            self._base = (self._keys[:, :, a:b], self._values[:, :, a:b], self._positions[a:b])
+            self._keys = self._keys.new_empty(*self._keys.shape[:2], max(extra, 256), self._keys.shape[3])
+            self._values = torch.empty_like(self._keys)
+            self._positions = self._positions.new_empty(self._keys.shape[2])
+            self._start = self._end = 0
+            self._rotated, self._rot_end, self._adopted = None, 0, False
+            return
+        n = b - a
+        if n + extra <= capacity and a >= capacity // 2:
             new_capacity = capacity  # compact in place: enough room once the dropped front is reclaimed
         else:
-            new_capacity = max(need, 2 * capacity)
+            new_capacity = max(n + extra, 2 * capacity)
         keys = self._keys.new_empty(*self._keys.shape[:2], new_capacity, self._keys.shape[3])
         values = torch.empty_like(keys)
         positions = self._positions.new_empty(new_capacity)
-        n = len(self)
-        keys[:, :, :n] = self.keys
-        values[:, :, :n] = self.values
-        positions[:n] = self.positions
+        keys[:, :, :n] = self._keys[:, :, a:b]
+        values[:, :, :n] = self._values[:, :, a:b]
+        positions[:n] = self._positions[a:b]
         if self._rotated is not None:
             rotated = torch.empty_like(keys)
-            n_rot = self._rot_end - self._start
-            rotated[:, :, :n_rot] = self._rotated[:, :, self._start:self._rot_end]
+            n_rot = self._rot_end - a
+            rotated[:, :, :n_rot] = self._rotated[:, :, a:self._rot_end]
             self._rotated, self._rot_end = rotated, n_rot
         self._keys, self._values, self._positions = keys, values, positions
         self._start, self._end = 0, n
@@ -83,6 +124,13 @@ class KVSegment:
     def drop_front(self, n: int) -> None:
         """Forget the oldest `n` tokens (amortised: the buffer is compacted on a later append)."""
         assert 0 <= n <= len(self)
+        if self._base is not None:
+            dropped = min(n, self._base_len)
+            keys, values, positions = self._base
+            self._base = (keys[:, :, dropped:], values[:, :, dropped:], positions[dropped:])
+            n -= dropped
+            if not self._base_len:
+                self._base = None
         self._start += n
         self._rot_end = max(self._rot_end, self._start)
 
@@ -92,6 +140,7 @@ class KVSegment:
         RoPE is relative, so keys rotated once at true positions serve any query rotated
         at its true position; only the new tail is rotated on each call.
         """
+        self._merge_base()
         version = (id(rope), getattr(rope, "version", 0))
         if self._rotated is None or self._rot_rope != version:
             self._rotated = torch.empty_like(self._keys)
@@ -108,24 +157,49 @@ class KVSegment:
     def slice(self, start: int, end: int | None = None):
         """(keys, values, positions) of tokens start..end, as views."""
         end = len(self) if end is None else end
-        a, b = self._start + start, self._start + end
+        n_base = self._base_len
+        if n_base and end <= n_base:
+            keys, values, positions = self._base
+            return keys[:, :, start:end], values[:, :, start:end], positions[start:end]
+        if n_base and start < n_base:
+            self._merge_base()
+            n_base = 0
+        a, b = self._start + start - n_base, self._start + end - n_base
         return self._keys[:, :, a:b], self._values[:, :, a:b], self._positions[a:b]
 
     def gather(self, index: torch.Tensor, device: torch.device | None = None):
         """(keys, values, positions) of the tokens at `index` (a 1-D tensor), moved to `device`."""
-        index = index.to(self.device) + self._start
-        keys = self._keys.index_select(2, index)
-        values = self._values.index_select(2, index)
-        positions = self._positions.index_select(0, index)
+        index = index.to(self.device)
+        if self._base is None:
+            index = index + self._start
+            out = (self._keys.index_select(2, index), self._values.index_select(2, index),
+                   self._positions.index_select(0, index))
+        else:
+            in_base = index < self._base_len
+            live = (self._keys[:, :, self._start:self._end], self._values[:, :, self._start:self._end],
+                    self._positions[self._start:self._end])
+            out = tuple(_pick(base, buf, index, in_base, self._base_len, dim)
+                        for base, buf, dim in zip(self._base, live, (2, 2, 0), strict=True))
         if device is not None and torch.device(device) != self.device:
-            keys, values, positions = (t.to(device, non_blocking=True) for t in (keys, values, positions))
-        return keys, values, positions
+            out = tuple(t.to(device, non_blocking=True) for t in out)
+        return out
 
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
         """(keys, values) [B, Hkv, m, d] where KV head h takes the tokens at `index[h]` ([Hkv, m])."""
-        index = (index.to(self.device) + self._start)[None, :, :, None]
-        index = index.expand(self._keys.shape[0], -1, -1, self._keys.shape[3])
-        keys, values = self._keys.gather(2, index), self._values.gather(2, index)
+        index = index.to(self.device)
+        parts = [(self._keys[:, :, self._start:self._end], self._values[:, :, self._start:self._end],
+                  index - self._base_len)]
+        if self._base is not None:
+            parts.insert(0, (self._base[0], self._base[1], index))
+        out = None
+        for keys, values, rows in parts:
+            valid = (rows >= 0) & (rows < keys.shape[2])
+            at = rows.clamp(0, max(keys.shape[2] - 1, 0))[None, :, :, None]
+            at = at.expand(keys.shape[0], -1, -1, keys.shape[3])
+            got = keys.gather(2, at), values.gather(2, at)
+            out = got if out is None else tuple(torch.where(valid[None, :, :, None], new, old)
+                                                 for new, old in zip(got, out, strict=True))
+        keys, values = out
         if device is not None and torch.device(device) != self.device:
             keys, values = keys.to(device, non_blocking=True), values.to(device, non_blocking=True)
         return keys, values
@@ -133,28 +207,44 @@ class KVSegment:
     @property
     def nbytes(self) -> int:
         """Bytes of the live tokens (keys, values, positions, and the rotated-key cache if any)."""
-        n = len(self)
         per_vector = self._keys[:, :, :1].numel() * self._keys.element_size()
-        copies = 2 + (self._rotated is not None)
-        return n * (per_vector * copies + 8)
+        rotated = self._end - self._start if self._rotated is not None else 0
+        return len(self) * (per_vector * 2 + 8) + rotated * per_vector
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys.contiguous(), "values": self.values.contiguous(),
+        live = (self._keys[:, :, self._start:self._end], self._values[:, :, self._start:self._end])
+        if self._base is not None:
+            live = tuple(torch.cat((base, part), 2) for base, part in zip(self._base[:2], live, strict=True))
+        return {"keys": live[0].contiguous(), "values": live[1].contiguous(),
                 "positions": self.positions.contiguous()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Adopt saved tensors (no copy when they are already on this segment's device)."""
+        """Adopt saved tensors (no copy when they are already on this segment's device; appending
+        later does not copy them either, see `_reserve`)."""
         self._keys = state["keys"].to(self.device)
         self._values = state["values"].to(self.device)
         self._positions = state["positions"].to(self.device)
         self._start, self._end = 0, self._keys.shape[2]
         self._rotated, self._rot_end, self._rot_rope = None, 0, None
+        self._adopted, self._base = True, None
 
     def clone(self) -> KVSegment:
         copy = KVSegment.__new__(KVSegment)
         copy.device = self.device
         copy.load_state_dict({k: v.clone() for k, v in self.state_dict().items()})
         return copy
+
+
+def _pick(base: torch.Tensor, buffer: torch.Tensor, index: torch.Tensor, in_base: torch.Tensor,
+          n_base: int, dim: int) -> torch.Tensor:
+    """Rows `index` along `dim` of base ++ buffer, without concatenating them."""
+    shape = list(base.shape)
+    shape[dim] = index.shape[0]
+    out = base.new_empty(shape)
+    out.index_copy_(dim, in_base.nonzero()[:, 0], base.index_select(dim, index[in_base]))
+    rest = ~in_base
+    out.index_copy_(dim, rest.nonzero()[:, 0], buffer.index_select(dim, index[rest] - n_base))
+    return out
 
 
 class GrowingBuffer:

@@ -214,8 +214,8 @@ class InfLLMPolicy(Policy):
         if n_blocks <= self.config.topk_blocks:
             blocks = torch.arange(n_blocks)
         else:
-            request = SelectionRequest(layer, q_global, memory.keys, kv.buffers["repr"].data,
-                                       self.config.topk_blocks, bs, self.ctx.scale, self.phase, last)
+            request = SelectionRequest(layer, q_global, None, kv.buffers["repr"].data, self.config.topk_blocks,
+                                       bs, self.ctx.scale, self.phase, last, memory=memory)
             blocks = self.selector.select(request)
         if self.ctx.trace is not None:
             self.ctx.trace.selection_seconds += time.perf_counter() - started

@@ -20,13 +20,31 @@ from ..clustering import kmeans
 class SelectionRequest:
     layer: int
     q_global: torch.Tensor  # [B, H, q, d], rotated at the fixed memory distance
-    memory_keys: torch.Tensor  # [B, Hkv, n_blocks * block_size, d], unrotated
+    memory_keys: torch.Tensor | None  # [B, Hkv, n_blocks * block_size, d], unrotated; or `memory`
     reprs: torch.Tensor  # [n_blocks, B, H, (r,) d] as built by `representative`
     topk: int
     block_size: int
     scale: float
     phase: str  # "prefill", "final" (the prompt's last chunk) or "decode"
     last_block_of_chunk: bool
+    memory: object = None  # the memory segment itself (read in parts, see `key_parts`)
+
+    def key_parts(self) -> list[torch.Tensor]:
+        """The memory keys as views in token order: a stored context's mapped keys and the keys
+        evicted since are two parts, read without copying them together."""
+        return [self.memory_keys] if self.memory is None else self.memory.key_parts()
+
+    def all_keys(self) -> torch.Tensor:
+        """The memory keys as one tensor [B, Hkv, n, d] (a copy when they are in parts)."""
+        return self.memory_keys if self.memory is None else self.memory.keys
+
+    @property
+    def n_tokens(self) -> int:
+        return self.memory_keys.shape[2] if self.memory is None else len(self.memory)
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.key_parts()[0].shape[1]
 
 
 def _top(scores: torch.Tensor, topk: int) -> torch.Tensor:
@@ -119,7 +137,7 @@ class QuestionSelector(PaperSelector):
     def block_mass(self, request) -> torch.Tensor:
         """[H, n_blocks]: attention mass the question's queries give each block (batch item 0)."""
         q = request.q_global[:1, :, -self.config.question_tokens:]
-        keys = request.memory_keys[:1].to(q.device)
+        keys = request.all_keys()[:1].to(q.device)
         lse = attend(q, keys, keys, request.scale).lse
         mass = received_mass(q, keys, lse, request.scale)[0]  # [H, n_tokens]
         return mass.view(mass.shape[0], -1, request.block_size).sum(dim=-1)
@@ -135,14 +153,14 @@ class QuestionPerHeadSelector(QuestionSelector):
 
     def _by_question(self, request):
         mass = self.block_mass(request)  # [H, n]
-        n_kv = request.memory_keys.shape[1]
+        n_kv = request.n_kv_heads
         per_kv = mass.view(n_kv, -1, mass.shape[-1]).sum(dim=1)  # [Hkv, n]
         return _top(per_kv, request.topk)
 
     def select(self, request):
         chosen = super().select(request)
         if chosen.dim() == 1:  # the paper's shared choice, repeated for each KV head
-            chosen = chosen[None].expand(request.memory_keys.shape[1], -1)
+            chosen = chosen[None].expand(request.n_kv_heads, -1)
         return chosen
 
 
@@ -155,16 +173,20 @@ def block_match_z(request: SelectionRequest, n_queries: int, key_chunk: int = 81
     scores stay near zero, which a sum of attention mass over all heads would drown.
     """
     q = request.q_global[0, :, -n_queries:].float()  # [H, nq, d]
-    keys = request.memory_keys[0]  # [Hkv, n, d]
-    n_kv, bs = keys.shape[0], request.block_size
-    n_blocks = keys.shape[1] // bs
-    grouped = q.reshape(n_kv, -1, q.shape[-1])  # [Hkv, G * nq, d]
+    bs = request.block_size
+    parts = request.key_parts()
+    if any(part.shape[2] % bs for part in parts[:-1]):  # a block would straddle two parts
+        parts = [request.all_keys()]
+    grouped = q.reshape(parts[0].shape[1], -1, q.shape[-1])  # [Hkv, G * nq, d]
+    step = max(key_chunk // bs, 1) * bs
     best = []
-    for start in range(0, n_blocks * bs, key_chunk):
-        part = keys[:, start:min(start + key_chunk, n_blocks * bs)].to(q.device).float()
-        logits = torch.bmm(grouped, part.transpose(1, 2))  # [Hkv, G * nq, m]
-        logits = logits.view(q.shape[0], q.shape[1], -1, bs).amax(dim=(1, 3))  # [H, m / bs]
-        best.append(logits)
+    for keys in parts:
+        keys = keys[0]  # [Hkv, n, d]
+        whole = keys.shape[1] // bs * bs
+        for start in range(0, whole, step):
+            part = keys[:, start:min(start + step, whole)].to(q.device).float()
+            logits = torch.bmm(grouped, part.transpose(1, 2))  # [Hkv, G * nq, m]
+            best.append(logits.view(q.shape[0], q.shape[1], -1, bs).amax(dim=(1, 3)))  # [H, m / bs]
     return standardise(torch.cat(best, dim=1))
 
 
@@ -214,7 +236,7 @@ class QuestionGlobalSelector(PaperSelector):
             # Blocks evicted after the question scored the memory were in its window or remainder
             # (always attended then): keep reading them, or a needle just past the window is lost.
             scored = next(iter(self.votes.values())).shape[-1]
-            newer = torch.arange(scored, request.memory_keys.shape[2] // request.block_size)
+            newer = torch.arange(scored, request.n_tokens // request.block_size)
             return torch.cat((self.shared, newer)) if len(newer) else self.shared
         return self.before_question(request)
 
