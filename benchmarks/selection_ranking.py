@@ -23,7 +23,7 @@ from common import ResultFile, markdown_table
 import longreach
 from longreach.bench import make_sample
 from longreach.methods import method_config, selection
-from longreach.methods.selection import SelectionRequest, block_match_z, consensus, representative_scores
+from longreach.methods.selection import SelectionRequest, block_mass_z, block_match_z, consensus, representative_scores
 from longreach.units import parse_count
 
 TASKS = {"niah_essay": ("niah", "niah"), "ruler_niah_single_2": ("ruler", "niah_single_2"),
@@ -43,9 +43,9 @@ class Recorder(selection.PaperSelector):
         return super().select(request)
 
 
-def strategy_scores(request: SelectionRequest, config, block_size: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+def strategy_scores(request: SelectionRequest, config, block_size: int) -> tuple[dict, dict]:
     """Block scores [n] (or [Hkv, n] per KV head) for one layer's question, per strategy, and
-    the layer's key and centroid z-scores [H, n] (pooled over layers by the caller)."""
+    the layer's z-scores [H, n] per pooled strategy (pooled over layers by the caller)."""
     question = selection.QuestionSelector(config)
     mass = question.block_mass(request)  # [H, n]
     n_kv = request.n_kv_heads
@@ -53,15 +53,15 @@ def strategy_scores(request: SelectionRequest, config, block_size: int) -> tuple
     keys = request.all_keys()
     centroids = torch.stack([cluster.representative(keys[:, :, b:b + block_size], torch.zeros(1, 1, mass.shape[0]))
                              for b in range(0, keys.shape[2] - block_size + 1, block_size)])
-    key_z = block_match_z(request, config.question_tokens)
-    centroid_z = cluster.question_z(SelectionRequest(**{**request.__dict__, "reprs": centroids}))
+    pooled = {"question_global": block_mass_z(request, config.question_tokens),
+              "question_global:match": block_match_z(request, config.question_tokens),
+              "cluster": cluster.question_z(SelectionRequest(**{**request.__dict__, "reprs": centroids}))}
     return {
         "paper": representative_scores(request),
         "question": mass.sum(dim=0),
         "question_per_head": mass.view(n_kv, -1, mass.shape[-1]).sum(dim=1),
-        "question_global (layer)": consensus(key_z),
-        "cluster (layer)": consensus(centroid_z),
-    }, key_z, centroid_z
+        **{f"{name} (layer)": consensus(z) for name, z in pooled.items()},
+    }, pooled
 
 
 def needle_rank(scores: torch.Tensor, needle: list[int]) -> float:
@@ -106,19 +106,19 @@ def measure(sample, config, seen: dict[int, SelectionRequest], k: int) -> dict:
     bs = config.block_size
     first = config.n_init  # memory starts after the sinks
     per_strategy: dict[str, list[float]] = {}
-    votes, centroid_votes = [], []
+    votes: dict[str, list[torch.Tensor]] = {}
     for layer in sorted(seen):
         request = seen[layer]
         n_blocks = request.n_tokens // bs
         needle = sorted({(p - first) // bs for a, b in sample.needle_token_spans for p in range(a, b)
                          if 0 <= (p - first) // bs < n_blocks})
-        scores, key_z, centroid_z = strategy_scores(request, config, bs)
+        scores, pooled = strategy_scores(request, config, bs)
         for name, value in scores.items():
             per_strategy.setdefault(name, []).append(needle_rank(value, needle))
-        votes.append(key_z)
-        centroid_votes.append(centroid_z)
-    for name, pooled in (("question_global (all layers)", votes), ("cluster (all layers)", centroid_votes)):
-        per_strategy[name] = [needle_rank(consensus(torch.stack(pooled)), needle)] * len(seen)
+        for name, z in pooled.items():
+            votes.setdefault(name, []).append(z)
+    for name, layers in votes.items():
+        per_strategy[f"{name} (all layers)"] = [needle_rank(consensus(torch.stack(layers)), needle)] * len(seen)
     return {"needle_blocks": needle, "strategies": {
         name: {"recall": sum(r < k for r in ranks) / len(ranks), "median_rank": statistics.median(ranks)}
         for name, ranks in per_strategy.items()}}

@@ -41,7 +41,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="8k,16k,32k,64k")
     parser.add_argument("--depths", default="0.1,0.5,0.9", help="for niah and passkey (RULER draws its own)")
-    parser.add_argument("--selections", default="paper,question")
+    parser.add_argument("--selections", default="paper,question_global",
+                        help="strategies; question_global:match scores with the best logit (question_score=match)")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--raw", dest="chat", action="store_false", help="raw prompts (default: chat template)")
     parser.add_argument("--options", default="", help="infllm options for every strategy, e.g. n_local=2048")
@@ -64,7 +65,9 @@ def main() -> int:
                     key = f"{selection}|{name}|{length}|{depth}|{seed}"
                     if results.done(key):
                         continue
-                    lm = base.with_method("infllm", **{**options, "selection": selection})
+                    strategy, _, question_score = selection.partition(":")  # e.g. question_global:match
+                    extra = {"question_score": question_score} if question_score else {}
+                    lm = base.with_method("infllm", **{**options, "selection": strategy, **extra})
                     result = lm.generate(sample.prompt_ids, sample.max_new_tokens, trace=True)
                     recall = needle_block_recall(result.selections, sample.needle_token_spans,
                                                  from_position=len(sample.prompt_ids) - 1)

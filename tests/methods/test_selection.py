@@ -7,17 +7,19 @@ import torch
 from references import FixedDistanceConfig
 
 from longreach.kv import KVStore
-from longreach.methods.selection import SELECTORS, SelectionRequest, block_match_z, consensus
+from longreach.methods.selection import SELECTORS, SelectionRequest, block_mass_z, block_match_z, consensus
 from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 SMALL = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
 
 
-@pytest.mark.parametrize("selection", list(SELECTORS))
+@pytest.mark.parametrize("selection", [*SELECTORS, "question_global:match"])
 def test_deterministic(selection):
     model = tiny_hf_model("llama")
     ids = prompt_ids(200)
-    runs = [tiny_lm(method="infllm", model=model, selection=selection, **SMALL).generate(ids, 6, trace=True)
+    selection, _, score = selection.partition(":")
+    options = {**SMALL, "question_score": score} if score else SMALL
+    runs = [tiny_lm(method="infllm", model=model, selection=selection, **options).generate(ids, 6, trace=True)
             for _ in range(2)]
     assert runs[0].token_ids == runs[1].token_ids and runs[0].selections == runs[1].selections
 
@@ -103,11 +105,25 @@ def test_block_match_z_is_each_heads_best_logit_per_block_standardised():
     torch.testing.assert_close(got, expected)
 
 
-def test_block_match_z_reads_a_stored_memory_in_parts_and_any_chunk_size():
+def test_block_mass_z_is_each_heads_best_query_z_of_log_block_mass():
+    torch.manual_seed(0)
+    q, keys = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 40, 8)  # H=4, Hkv=2, 10 blocks of 4
+    request = _request(q, keys)
+    request.scale = 0.5
+    got = block_mass_z(request, n_queries=3, key_chunk=12)
+    expanded = keys[0].repeat_interleave(2, dim=0)  # [H, n, d]
+    logits = torch.einsum("hqd,hnd->hqn", q[0, :, -3:], expanded) * 0.5  # [H, 3, 40]
+    mass = logits.view(4, 3, 10, 4).exp().sum(-1).log()  # [H, queries, blocks]
+    z = (mass - mass.median(dim=-1, keepdim=True).values) / mass.std(dim=-1, keepdim=True)
+    torch.testing.assert_close(got, z.amax(dim=1))
+
+
+@pytest.mark.parametrize("score", [block_match_z, block_mass_z])
+def test_block_scores_read_a_stored_memory_in_parts_and_any_chunk_size(score):
     """Keys adopted from a stored context plus keys evicted since score as one memory."""
     torch.manual_seed(0)
     q, keys = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 48, 8)  # 12 blocks of 4
-    expected = block_match_z(_request(q, keys), n_queries=3)
+    expected = score(_request(q, keys), n_queries=3)
     memory = KVStore(1, 2, 8, torch.float32, "cpu")[0].segment("memory")
     memory.load_state_dict({"keys": keys[:, :, :32], "values": keys[:, :, :32], "positions": torch.arange(32)})
     memory.append(keys[:, :, 32:], keys[:, :, 32:], torch.arange(32, 48))
@@ -115,7 +131,7 @@ def test_block_match_z_reads_a_stored_memory_in_parts_and_any_chunk_size():
     request.memory = memory
     assert len(request.key_parts()) == 2 and request.n_tokens == 48
     for chunk in (10, 8, 4096):  # 10 is not a multiple of the block size
-        torch.testing.assert_close(block_match_z(request, n_queries=3, key_chunk=chunk), expected)
+        torch.testing.assert_close(score(request, n_queries=3, key_chunk=chunk), expected)
     assert len(memory.key_parts()) == 2  # scoring did not join the parts
 
 
@@ -139,7 +155,7 @@ def test_question_global_every_layer_reads_one_choice_from_the_last_prompt_token
 def test_question_global_keeps_reading_blocks_evicted_after_the_question_scored():
     torch.manual_seed(0)
     q, keys = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 48, 8)  # 12 blocks of 4
-    selector = SELECTORS["question_global"](SimpleNamespace(question_tokens=3))
+    selector = SELECTORS["question_global"](SimpleNamespace(question_tokens=3, question_score="mass"))
     scored = _request(q, keys[:, :, :40])  # the question saw 10 blocks in memory
     chosen = selector.select(scored)
     decode = _request(q, keys)

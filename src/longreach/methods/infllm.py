@@ -46,6 +46,8 @@ class InfLLMConfig(MethodConfig):
     selection: str = option("question_global", f"block selection strategy: {', '.join(SELECTORS)} "
                                                 "(paper: InfLLM's own)")
     question_tokens: int = option(64, "question-aware selection: how many of the prompt's last queries score")
+    question_score: str = option("mass", "question_global: a head's score for a block: mass (log attention mass "
+                                         "per question query, z-scored, best query) or match (best logit, z-scored)")
     memory_positions: str = option("fixed", "where read memory sits: fixed (the paper: every token at distance "
                                             "n_local) or packed (in original order, just before the local window)")
 
@@ -59,6 +61,7 @@ class InfLLMConfig(MethodConfig):
         check(self.repr_score in ("attention", "dot"), "repr_score must be attention or dot")
         check(self.selection in SELECTORS, f"selection must be one of {', '.join(SELECTORS)}")
         check(self.question_tokens >= 1, "question_tokens must be >= 1")
+        check(self.question_score in ("mass", "match"), "question_score must be mass or match")
         check(self.memory_positions in ("fixed", "packed"), "memory_positions must be fixed or packed")
 
     def local_window(self, trained_window: int) -> int:

@@ -164,36 +164,58 @@ class QuestionPerHeadSelector(QuestionSelector):
         return chosen
 
 
-def block_match_z(request: SelectionRequest, n_queries: int, key_chunk: int = 8192) -> torch.Tensor:
-    """[H, n_blocks]: how strongly each head singles out each block for the last `n_queries` queries.
-
-    A head's score for a block is its best logit over (query, key) pairs inside the block, made
-    comparable across heads as a z-score (minus the head's median block, over its spread). A
-    retrieval head that finds the needle gives its block a z of 4-5 while every other head's
-    scores stay near zero, which a sum of attention mass over all heads would drown.
-    """
+def _block_logits(request: SelectionRequest, n_queries: int, key_chunk: int):
+    """Yield the question's logits against the memory, a run of whole blocks at a time:
+    [H, nq, blocks, block_size] for the last `n_queries` queries, unscaled, float32."""
     q = request.q_global[0, :, -n_queries:].float()  # [H, nq, d]
     bs = request.block_size
     parts = request.key_parts()
     if any(part.shape[2] % bs for part in parts[:-1]):  # a block would straddle two parts
         parts = [request.all_keys()]
-    grouped = q.reshape(parts[0].shape[1], -1, q.shape[-1])  # [Hkv, G * nq, d]
+    grouped = q.reshape(parts[0].shape[1], -1, q.shape[-1])  # [Hkv, G * nq, d]: GQA without copies
     step = max(key_chunk // bs, 1) * bs
-    best = []
     for keys in parts:
         keys = keys[0]  # [Hkv, n, d]
         whole = keys.shape[1] // bs * bs
         for start in range(0, whole, step):
             part = keys[:, start:min(start + step, whole)].to(q.device).float()
             logits = torch.bmm(grouped, part.transpose(1, 2))  # [Hkv, G * nq, m]
-            best.append(logits.view(q.shape[0], q.shape[1], -1, bs).amax(dim=(1, 3)))  # [H, m / bs]
+            yield logits.view(q.shape[0], q.shape[1], -1, bs)
+
+
+def block_match_z(request: SelectionRequest, n_queries: int, key_chunk: int = 8192) -> torch.Tensor:
+    """[H, n_blocks]: each head's best logit over (query, key) pairs inside a block, as a z-score
+    (minus the head's median block, over its spread). Scores a needle well until the memory holds
+    a few hundred blocks; then chance maxima of other blocks catch up (see `block_mass_z`)."""
+    best = [logits.amax(dim=(1, 3)) for logits in _block_logits(request, n_queries, key_chunk)]
     return standardise(torch.cat(best, dim=1))
 
 
+def block_mass_z(request: SelectionRequest, n_queries: int, key_chunk: int = 8192) -> torch.Tensor:
+    """[H, n_blocks]: how strongly each head singles out each block, question query by query.
+
+    For one head and one query of the question, a block's score is the log of the attention mass
+    the query would give the block's keys (the log-sum-exp of their scaled logits), made
+    comparable as a z-score across the memory's blocks; the head's vote for a block is its best
+    query's z. A retrieval head asked "...in San Francisco?" gives the needle's block a z far
+    above the rest for the query tokens that match it, while a block that merely holds one
+    large logit by chance does not stand out in mass.
+    """
+    mass = [_log_block_mass(logits, request.scale) for logits in _block_logits(request, n_queries, key_chunk)]
+    return standardise(torch.cat(mass, dim=-1)).amax(dim=1)
+
+
+def _log_block_mass(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """log sum exp(scale * logits) over the last dim, in place (3-4x faster than torch.logsumexp)."""
+    logits.mul_(scale)
+    top = logits.amax(dim=-1, keepdim=True)
+    return logits.sub_(top).exp_().sum(dim=-1).log_().add_(top[..., 0])
+
+
 def standardise(best: torch.Tensor) -> torch.Tensor:
-    """Per-head block scores [H, n] as z-scores: minus the head's median block, over its spread."""
-    spread = best.std(dim=1, keepdim=True).clamp_min(1e-4)
-    return (best - best.median(dim=1, keepdim=True).values) / spread
+    """Block scores [..., n] as z-scores along the blocks: minus the median block, over the spread."""
+    spread = best.std(dim=-1, keepdim=True).clamp_min(1e-4)
+    return (best - best.median(dim=-1, keepdim=True).values) / spread
 
 
 def consensus(z: torch.Tensor, heads: int = 3) -> torch.Tensor:
@@ -205,9 +227,9 @@ def consensus(z: torch.Tensor, heads: int = 3) -> torch.Tensor:
 class QuestionGlobalSelector(PaperSelector):
     """Question-aware across layers: retrieval heads, wherever they are, choose for every layer.
 
-    At the prompt's last execution block every head of every layer scores each memory block by
-    its best key match to the question (`block_match_z`); a layer reads the blocks its own heads
-    single out. Those votes are pooled over all layers, and from the answer's first token on
+    At the prompt's last execution block every head of every layer scores each memory block for
+    the question (`question_score`: `block_mass_z` by default, `block_match_z`); a layer reads
+    the blocks its own heads single out. Those votes are pooled over all layers, and from the answer's first token on
     (the engine replays the prompt's last token as a decoding step, see `replay_last_token`)
     every layer reads the blocks the strongest heads of the whole model agree on. Earlier
     execution blocks use the paper's selection.
@@ -222,7 +244,8 @@ class QuestionGlobalSelector(PaperSelector):
 
     def question_z(self, request) -> torch.Tensor:
         """[H, n_blocks] z-scores of the blocks for the question (the prompt's last queries)."""
-        return block_match_z(request, self.config.question_tokens)
+        score = block_mass_z if self.config.question_score == "mass" else block_match_z
+        return score(request, self.config.question_tokens)
 
     def select(self, request):
         if request.phase == "final" and request.last_block_of_chunk:
