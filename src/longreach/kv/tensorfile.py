@@ -126,36 +126,17 @@ def map_tensors(path: Path, prefetch: Callable[[str], bool] | None = None) -> di
     return tensors
 
 
-READ_AHEAD_CHUNK = 8 << 20
-
-
 def _will_need(path: Path, mapped: mmap.mmap, ranges: list[tuple[int, int]]) -> None:
-    """Ask the OS to read these byte ranges ahead, in this order (a hint: errors are ignored).
-
-    One request per 8 MiB: a single hint for a whole range is cut short by the kernel's
-    read-ahead limit, while a run of small ones keeps the disk streaming (measured: 1 GiB read in
-    0.6 s after chunked hints, 0.85 s after one hint, 1.2 s page by page).
-    """
-    if not hasattr(os, "posix_fadvise"):  # e.g. macOS: the mapping's own hint
-        for start, end in ranges:
-            aligned = start - start % mmap.PAGESIZE
-            try:
-                mapped.madvise(mmap.MADV_WILLNEED, aligned, end - aligned)
-            except (OSError, ValueError, AttributeError):
-                return
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        for start, end in ranges:
-            for offset in range(start, end, READ_AHEAD_CHUNK):
-                os.posix_fadvise(fd, offset, min(READ_AHEAD_CHUNK, end - offset), os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Ask the OS to read these byte ranges of the mapping ahead, in this order (a hint: errors
+    are ignored). One hint per tensor: measured at 64K, hinting the file in 8 MiB requests
+    (posix_fadvise) flooded the disk queue and made a cold first answer slower (5.8 s vs 3.8 s),
+    since the pages the question needs at once then wait behind the read-ahead."""
+    for start, end in ranges:
+        aligned = start - start % mmap.PAGESIZE
+        try:
+            mapped.madvise(mmap.MADV_WILLNEED, aligned, end - aligned)
+        except (OSError, ValueError, AttributeError):  # closed meanwhile, or no madvise here
+            return
 
 
 def _parse_header(mapped, name: str) -> tuple[dict, int]:
