@@ -82,7 +82,7 @@ def test_loading_prefetches_exactly_the_stored_keys(tmp_path, monkeypatch, kv_qu
     hinted = threading.Event()
     ranges: list = []
 
-    def record(path, mapped, wanted):
+    def record(mapped, wanted):
         ranges.extend(wanted)
         hinted.set()
 

@@ -233,6 +233,10 @@ class QuantizedSegment:
     def values(self) -> torch.Tensor:
         return self._v.read_range(self._start, self._end, self.dtype)
 
+    @property
+    def n_kv_heads(self) -> int:
+        return self._tail_k.shape[1]
+
     def key_parts(self) -> list[torch.Tensor]:
         return [self.keys]
 

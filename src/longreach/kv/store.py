@@ -56,6 +56,10 @@ class KVSegment:
         live = self._positions[self._start:self._end]
         return live if self._base is None else torch.cat((self._base[2], live))
 
+    @property
+    def n_kv_heads(self) -> int:
+        return self._keys.shape[1]
+
     def key_parts(self) -> list[torch.Tensor]:
         """The keys as views in token order, without copying: [base, buffer] or [buffer]."""
         live = self._keys[:, :, self._start:self._end]

@@ -122,11 +122,11 @@ def map_tensors(path: Path, prefetch: Callable[[str], bool] | None = None) -> di
                 wanted.append((natural_key(name), base + start, base + end))
     if wanted:
         ranges = [(start, end) for _, start, end in sorted(wanted)]
-        threading.Thread(target=_will_need, args=(path, mapped, ranges), daemon=True).start()
+        threading.Thread(target=_will_need, args=(mapped, ranges), daemon=True).start()
     return tensors
 
 
-def _will_need(path: Path, mapped: mmap.mmap, ranges: list[tuple[int, int]]) -> None:
+def _will_need(mapped: mmap.mmap, ranges: list[tuple[int, int]]) -> None:
     """Ask the OS to read these byte ranges of the mapping ahead, in this order (a hint: errors
     are ignored). One hint per tensor: measured at 64K, hinting the file in 8 MiB requests
     (posix_fadvise) flooded the disk queue and made a cold first answer slower (5.8 s vs 3.8 s),

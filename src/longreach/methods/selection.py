@@ -43,8 +43,8 @@ class SelectionRequest:
         return self.memory_keys.shape[2] if self.memory is None else len(self.memory)
 
     @property
-    def n_kv_heads(self) -> int:
-        return self.key_parts()[0].shape[1]
+    def n_kv_heads(self) -> int:  # without reading the keys (a quantized memory would dequantize them)
+        return self.memory_keys.shape[1] if self.memory is None else self.memory.n_kv_heads
 
 
 def _top(scores: torch.Tensor, topk: int) -> torch.Tensor:
@@ -229,10 +229,10 @@ class QuestionGlobalSelector(PaperSelector):
 
     At the prompt's last execution block every head of every layer scores each memory block for
     the question (`question_score`: `block_mass_z` by default, `block_match_z`); a layer reads
-    the blocks its own heads single out. Those votes are pooled over all layers, and from the answer's first token on
-    (the engine replays the prompt's last token as a decoding step, see `replay_last_token`)
-    every layer reads the blocks the strongest heads of the whole model agree on. Earlier
-    execution blocks use the paper's selection.
+    the blocks its own heads single out. Those votes are pooled over all layers, and from the
+    answer's first token on (the engine replays the prompt's last token as a decoding step, see
+    `replay_last_token`) every layer reads the blocks the strongest heads of the whole model
+    agree on. Earlier execution blocks use the paper's selection.
     """
 
     replay_last_token = True
