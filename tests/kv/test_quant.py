@@ -96,3 +96,46 @@ def test_quantization_is_chosen_before_storing():
     store[0].segment("a").append(*_tokens(0, 2))
     with pytest.raises(ValueError, match="before anything is stored"):
         store.set_quant(QuantSpec(8))
+
+
+def test_adopted_codes_are_not_copied_when_the_segment_grows():
+    """A stored context's quantized rows stay in their (mapped) tensors when tokens are appended;
+    every read equals a segment that quantized all tokens itself, and saving joins the codes exactly."""
+    spec = QuantSpec(8, 8)
+    saved = KVStore(1, 2, 16, torch.float32, "cpu", quant=spec)[0].segment("m")
+    saved.append(*_tokens(0, 43))  # 40 quantized key rows and a tail of 3
+    saved.drop_front(2)
+    state = {name: t.clone() for name, t in saved.state_dict().items()}
+    adopted = {name: t.clone() for name, t in state.items()}
+    seg = KVStore(1, 2, 16, torch.float32, "cpu", quant=spec)[0].segment("m")
+    seg.load_state_dict(adopted)
+    reference = KVStore(1, 2, 16, torch.float32, "cpu", quant=spec)[0].segment("m")
+    reference.load_state_dict(state)
+    reference._adopted = False  # grows by copying, as a segment built in memory does
+    for start in (43, 55):
+        for s in (seg, reference):
+            s.append(*_tokens(start, 12))
+    assert seg._base is not None and seg._base._k.codes is adopted["key_codes"]
+    assert len(seg) == len(reference) == 65 and torch.equal(seg.positions, reference.positions)
+    assert torch.equal(torch.cat(seg.key_parts(), 2), reference.keys) and len(seg.key_parts()) == 2
+    assert torch.equal(seg.values, reference.values)
+    rope = RotaryEmbedding(LlamaConfig(head_dim=16, hidden_size=32, num_attention_heads=2), 16)
+    torch.testing.assert_close(seg.rotated_keys(rope), reference.rotated_keys(rope))
+    index = torch.tensor([45, 3, 60, 37, 38, 0, 64])
+    for got, expected in zip(seg.gather(index), reference.gather(index), strict=True):
+        assert torch.equal(got, expected)
+    per_head = torch.tensor([[1, 50, 37, 64], [44, 2, 38, 7]])
+    for got, expected in zip(seg.gather_per_head(per_head), reference.gather_per_head(per_head), strict=True):
+        assert torch.equal(got, expected)
+    for a, b in ((0, 8), (30, 40), (41, 50)):
+        for got, expected in zip(seg.slice(a, b), reference.slice(a, b), strict=True):
+            assert torch.equal(got, expected)
+    assert seg.nbytes == reference.nbytes
+    joined = KVStore(1, 2, 16, torch.float32, "cpu", quant=spec)[0].segment("m")
+    joined.load_state_dict(seg.state_dict())
+    assert torch.equal(joined.keys, reference.keys) and torch.equal(joined.values, reference.values)
+    seg.drop_front(45)  # past the adopted rows
+    reference.drop_front(45)
+    assert seg._base is None and torch.equal(seg.keys, reference.keys)
+    for name, tensor in state.items():
+        assert torch.equal(adopted[name], tensor)  # never written

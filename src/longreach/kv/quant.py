@@ -113,12 +113,12 @@ class _Codes:
             x = unpack(self.codes[:, :, first * g:last * g], self.spec.bits).float()
             batch, heads, n, d = x.shape
             grouped = x.view(batch, heads, last - first, g, d)  # in place: one float tensor in all
-            grouped.mul_(self.scale[:, :, first:last, None]).add_(self.zero[:, :, first:last, None])
+            grouped.mul_(self.scale[:, :, first:last, None].float()).add_(self.zero[:, :, first:last, None].float())
             return x[:, :, a - first * g:b - first * g].to(dtype)
         x = unpack(self.codes[:, :, a:b], self.spec.bits).float()
         batch, heads, n, d = x.shape
         grouped = x.view(batch, heads, n, d // self.group, self.group)
-        grouped.mul_(self.scale[:, :, a:b, :, None]).add_(self.zero[:, :, a:b, :, None])
+        grouped.mul_(self.scale[:, :, a:b, :, None].float()).add_(self.zero[:, :, a:b, :, None].float())
         return x.to(dtype)
 
     def moved(self, start: int, stop: int, capacity: int) -> _Codes:
@@ -188,13 +188,21 @@ class QuantizedSegment:
         self._tail_k = like
         self._start = self._qend = 0
         self._reset_rotated()
+        # Adopted codes (a stored context's mapped file) are never copied to grow: the quantized
+        # rows become a read-only `_base` segment, and this one keeps the rows after them.
+        self._adopted = False
+        self._base: QuantizedSegment | None = None
 
     def _reset_rotated(self):
         self._rot: _Codes | None = None  # quantized keys rotated at their positions, rows [.., _rot_end)
         self._rot_end, self._rot_key, self._rope = 0, None, None
 
     def __len__(self) -> int:
-        return self._end - self._start
+        return self._base_len + self._end - self._start
+
+    @property
+    def _base_len(self) -> int:
+        return 0 if self._base is None else len(self._base)
 
     @property
     def _end(self) -> int:
@@ -227,42 +235,75 @@ class QuantizedSegment:
 
     @property
     def keys(self) -> torch.Tensor:  # [B, Hkv, n, d], pre-RoPE, dequantized
-        return self._read(self._k, self._tail_k, self._start, self._end)
+        own = self._read(self._k, self._tail_k, self._start, self._end)
+        return own if self._base is None else torch.cat((self._base.keys, own), 2)
 
     @property
     def values(self) -> torch.Tensor:
-        return self._v.read_range(self._start, self._end, self.dtype)
+        own = self._v.read_range(self._start, self._end, self.dtype)
+        return own if self._base is None else torch.cat((self._base.values, own), 2)
 
     @property
     def n_kv_heads(self) -> int:
         return self._tail_k.shape[1]
 
     def key_parts(self) -> list[torch.Tensor]:
-        return [self.keys]
+        """The dequantized keys in token order: [base, rest] for an extended stored context."""
+        if self._base is None:
+            return [self.keys]
+        own = self._read(self._k, self._tail_k, self._start, self._end)
+        return [self._base.keys] + ([own] if own.shape[2] else [])
 
     @property
     def positions(self) -> torch.Tensor:
-        return self._positions[self._start:self._end]
+        own = self._positions[self._start:self._end]
+        return own if self._base is None else torch.cat((self._base.positions, own))
 
     def slice(self, start: int, end: int | None = None):
         end = len(self) if end is None else end
-        a, b = self._start + start, self._start + end
-        values = self._v.read_range(a, b, self.dtype)
-        return self._read(self._k, self._tail_k, a, b), values, self._positions[a:b]
+        n_base = self._base_len
+        if n_base and end <= n_base:
+            return self._base.slice(start, end)
+        a, b = self._start + max(start - n_base, 0), self._start + end - n_base
+        own = self._read(self._k, self._tail_k, a, b), self._v.read_range(a, b, self.dtype), self._positions[a:b]
+        if n_base and start < n_base:
+            return tuple(torch.cat(pair, dim) for pair, dim in zip(
+                zip(self._base.slice(start, n_base), own, strict=True), (2, 2, 0), strict=True))
+        return own
+
+    def _gather_own(self, index: torch.Tensor):
+        rows = index + self._start
+        return (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype),
+                self._positions.index_select(0, rows))
 
     def gather(self, index: torch.Tensor, device: torch.device | None = None):
-        rows = index.to(self.device) + self._start
-        out = (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype),
-               self._positions.index_select(0, rows))
+        index = index.to(self.device)
+        if self._base is None:
+            out = self._gather_own(index)
+        else:
+            in_base = index < self._base_len
+            first = self._base.gather(index[in_base])
+            rest = self._gather_own(index[~in_base] - self._base_len)
+            out = tuple(_interleave(a, b, in_base, dim) for a, b, dim in zip(first, rest, (2, 2, 0), strict=True))
         return out if device is None else tuple(t.to(device) for t in out)
 
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
-        rows = index.to(self.device) + self._start  # [Hkv, m]
+        index = index.to(self.device)  # [Hkv, m]
+        n_base = self._base_len
+        rows = (index - n_base).clamp(min=0) + self._start
         out = (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype))
+        if n_base:
+            first = self._base.gather_per_head(index.clamp(max=n_base - 1))
+            mask = (index < n_base)[None, :, :, None]
+            out = tuple(torch.where(mask, a, b) for a, b in zip(first, out, strict=True))
         return out if device is None else tuple(t.to(device) for t in out)
 
     def rotated_keys(self, rope) -> torch.Tensor:
         """Keys rotated at their positions; full groups come from a quantized rotated cache."""
+        own = self._rotated_own(rope)
+        return own if self._base is None else torch.cat((self._base.rotated_keys(rope), own), 2)
+
+    def _rotated_own(self, rope) -> torch.Tensor:
         key = (id(rope), getattr(rope, "version", 0))
         if self._rot is None or self._rot_key != key or self._rot.codes.shape[2] != self._k.codes.shape[2]:
             self._rot = _Codes(self._tail_k, self.spec, True, self._k.codes.shape[2])
@@ -284,6 +325,9 @@ class QuantizedSegment:
         capacity = min(self._positions.shape[0], self._k.codes.shape[2], self._v.codes.shape[2])
         if rows <= capacity:
             return
+        if self._adopted and self._start < self._qend:
+            self._split_adopted(rows - self._end)
+            return
         shift = self._aligned_start
         new_capacity = _round_up(max(rows - shift, 2 * (self._end - shift), 256), self.spec.group)
         self._k = self._k.moved(shift, self._qend, new_capacity)
@@ -295,6 +339,25 @@ class QuantizedSegment:
             self._rot = self._rot.moved(shift, self._rot_end, new_capacity)
             self._rot_end -= shift
         self._start, self._qend = self._start - shift, self._qend - shift
+
+    def _split_adopted(self, extra: int) -> None:
+        """Make the adopted quantized rows a read-only base; keep the rows after them (the key
+        tail, still in full precision, and its values' codes) in a fresh buffer with room for `extra`."""
+        base = QuantizedSegment.__new__(QuantizedSegment)
+        base.device, base.dtype, base.spec = self.device, self.dtype, self.spec
+        base._k, base._v, base._positions = self._k, self._v, self._positions
+        base._tail_k, base._start, base._qend = self._tail_k[:, :, :0], self._start, self._qend
+        base._adopted, base._base = True, None
+        base._reset_rotated()
+        old_v, old_positions, tail_k, a, b = self._v, self._positions, self._tail_k, self._qend, self._end
+        batch, heads, _, dim = tail_k.shape
+        QuantizedSegment.__init__(self, batch, heads, dim, self.dtype, self.device, self.spec,
+                                  capacity=max(b - a + extra, 256))
+        self._v.codes[:, :, :b - a] = old_v.codes[:, :, a:b]
+        self._v.scale[:, :, :b - a] = old_v.scale[:, :, a:b]
+        self._v.zero[:, :, :b - a] = old_v.zero[:, :, a:b]
+        self._positions[:b - a] = old_positions[a:b]
+        self._tail_k, self._base = tail_k, base
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
         n = keys.shape[2]
@@ -319,6 +382,12 @@ class QuantizedSegment:
 
     def drop_front(self, n: int) -> None:
         assert 0 <= n <= len(self)
+        if self._base is not None:
+            dropped = min(n, len(self._base))
+            self._base.drop_front(dropped)
+            n -= dropped
+            if not len(self._base):
+                self._base = None
         self._start += n
 
     # --- accounting and persistence ---------------------------------------------------------
@@ -330,14 +399,22 @@ class QuantizedSegment:
         total += 2 * live_tail.numel() * live_tail.element_size()
         if self._rot is not None:
             total += self._rot.nbytes(first, self._rot_end)
-        return total + 8 * len(self)
+        total += 8 * (self._end - self._start)
+        return total if self._base is None else total + self._base.nbytes
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         a, b = self._aligned_start, self._qend
-        return {**self._k.state("key", a, b), **self._v.state("value", a, self._end),
-                "positions": self._positions[a:self._end].contiguous(),
-                "tail_keys": self._tail_k.contiguous(),
-                "offset": torch.tensor([self._start - a])}
+        own = {**self._k.state("key", a, b), **self._v.state("value", a, self._end),
+               "positions": self._positions[a:self._end].contiguous(),
+               "tail_keys": self._tail_k.contiguous(),
+               "offset": torch.tensor([self._start - a])}
+        if self._base is None:
+            return own
+        # The base ends on a key group and this segment starts where it ends: codes join as they are.
+        base = self._base.state_dict()
+        joined = {name: torch.cat((base[name], own[name]), 0 if name == "positions" else 2)
+                  for name in own if name not in ("tail_keys", "offset")}
+        return {**joined, "tail_keys": own["tail_keys"], "offset": base["offset"]}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Adopt saved tensors; a plain segment's keys/values/positions are quantized instead."""
@@ -355,12 +432,22 @@ class QuantizedSegment:
         self._qend = self._k.codes.shape[2]
         self._start = int(state["offset"][0])
         self._reset_rotated()
+        self._adopted, self._base = True, None
 
     def clone(self) -> QuantizedSegment:
         copy = QuantizedSegment.__new__(QuantizedSegment)
         copy.device, copy.dtype, copy.spec = self.device, self.dtype, self.spec
         copy.load_state_dict({name: t.clone() for name, t in self.state_dict().items()})
         return copy
+
+
+def _interleave(first: torch.Tensor, rest: torch.Tensor, in_first: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rows of `first` where `in_first` is true and of `rest` elsewhere, in index order along `dim`."""
+    shape = list(first.shape)
+    shape[dim] = in_first.shape[0]
+    out = first.new_empty(shape)
+    out.index_copy_(dim, in_first.nonzero()[:, 0], first)
+    return out.index_copy_(dim, (~in_first).nonzero()[:, 0], rest)
 
 
 def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
