@@ -67,7 +67,48 @@ def test_jsonl_task_malformed_line_reported_rest_runs(tmp_path, capsys, model, w
     assert any(n["kind"] == "problem" and "mine.jsonl:2:" in n["text"] for n in notes)
 
 
+def _longbench_data(directory, write_jsonl):
+    context = " ".join(f"Passage {i}: the river number {i} flows north." for i in range(300))
+    rows = [{"input": "Which way does river 7 flow?", "context": context, "answers": ["north"], "length": 3000,
+             "dataset": "hotpotqa", "language": "en", "all_classes": None, "_id": "long"}]
+    write_jsonl(directory / "hotpotqa.jsonl", rows)
+    return directory
+
+
+def test_longbench_max_length_caps_the_raw_prompt(tmp_path, capsys, model, write_jsonl):
+    data = _longbench_data(tmp_path, write_jsonl)
+    argv = ["bench", "--task", "longbench", "--data", data, "--datasets", "hotpotqa", "--method", "dense",
+            "--model", model, *BASE]
+    code, _, err = cli(capsys, *argv, "--max-length", 512, "--out", tmp_path / "cap")
+    assert code == 0, err
+    capped, = records(tmp_path / "cap")
+    assert capped["length"] == 512 and capped["meta"]["truncated"]
+    assert 512 < capped["prompt_tokens"] < 512 + 40     # the chat template comes on top of the cap
+    assert json.loads((tmp_path / "cap" / "config.json").read_text())["length_caps_prompt"] is True
+    # --lengths keeps the total budget: template and the 32 new tokens fit within 512
+    assert cli(capsys, *argv, "--lengths", 512, "--out", tmp_path / "budget")[0] == 0
+    budget, = records(tmp_path / "budget")
+    assert budget["prompt_tokens"] + 32 <= 512
+    # one meaning per directory
+    code, _, err = cli(capsys, *argv, "--lengths", 512, "--out", tmp_path / "cap")
+    assert code == 2 and "another configuration" in err and "length_caps_prompt" in err
+
+
+def test_max_length_is_a_total_budget_for_other_tasks(tmp_path, capsys, model):
+    out = tmp_path / "ruler"
+    code, _, err = cli(capsys, "bench", "--task", "ruler", "--subtasks", "vt", "--max-length", "1k", "--samples", 1,
+                       "--method", "dense", "--model", model, "--out", out, *BASE)
+    assert code == 0, err
+    row, = records(out)
+    assert row["length"] == 1024 and row["prompt_tokens"] + 30 <= 1024
+    assert "length_caps_prompt" not in json.loads((out / "config.json").read_text())
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--task", "longbench", "--datasets", "hotpotqa", "--data", ".", "--max-length", "4k",
+      "--max-prompt-tokens", 3000], "give --max-length or --max-prompt-tokens, not both"),
+    (["--task", "longbench", "--datasets", "hotpotqa", "--data", ".", "--max-length", "4k",
+      "--lengths", "4k"], "give --lengths or --max-length, not both"),
     (["--task", "nosuch"], "unknown task 'nosuch'"),
     (["--task", "longbench", "--datasets", "nosuch", "--data", "."], "unknown longbench dataset 'nosuch'"),
     (["--task", "longbench", "--datasets", "hotpotqa", "--data", "/no/such/dir"], "data directory not found"),

@@ -46,6 +46,20 @@ def test_jsonl_truncates_long_contexts(tokenizer, tmp_path, write_jsonl):
         load_samples("jsonl", "jsonl", tokenizer, 1024, options=TaskOptions(data=tmp_path / "none.jsonl"))
 
 
+def test_exact_match_by_hand(tokenizer, tmp_path, write_jsonl):
+    meta = {"metric": "exact_match"}
+    assert score_answers("The Eiffel Tower.", ["eiffel tower"], meta) == 1.0     # case, article, punctuation
+    assert score_answers("  eiffel \n TOWER ", ["Eiffel Tower"], meta) == 1.0   # whitespace collapsed
+    assert score_answers("Eiffel Tower, Paris", ["Eiffel Tower"], meta) == 0.0   # one word too many
+    assert score_answers("Tower Eiffel", ["Eiffel Tower"], meta) == 0.0          # order counts
+    assert score_answers("city of Paris", ["Lyon", "the City of Paris!"], meta) == 1.0   # any answer
+    path = write_jsonl(tmp_path / "em.jsonl", [{"context": "The tower is in Paris.", "question": "Where?",
+                                                "answers": ["Paris"], "metric": "exact_match"}])
+    sample = load_samples("jsonl", "jsonl", tokenizer, 512, options=TaskOptions(data=path)).samples[0]
+    assert sample.meta["metric"] == "exact_match"
+    assert score("Paris.", sample) == 1.0 and score("In Paris.", sample) == 0.0
+
+
 def test_registry_names_and_errors(tokenizer):
     assert task_names() == ["passkey", "niah", "ruler", "infinitebench", "longbench", "longbench2", "jsonl"]
     assert len(get_task("ruler").subtasks) == 13 and len(resolve_subtasks("longbench")) == 16

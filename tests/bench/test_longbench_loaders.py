@@ -4,6 +4,8 @@ import pytest
 
 from longreach.bench import TaskOptions, load_samples, longbench2_summary, score
 from longreach.bench.metrics.retrieval import extract_answer
+from longreach.bench.prompting import wrap_prompt
+from longreach.bench.tasks.longbench2 import fill_prompt
 from longreach.bench.tasks.longbench_spec import PROMPTS
 from longreach.errors import LongreachError
 
@@ -61,6 +63,52 @@ def test_cap_like_model2maxlen(tokenizer, longbench_dir):
     options = TaskOptions(data=longbench_dir, max_prompt_tokens=500)
     long = load_samples("longbench", "hotpotqa", tokenizer, 4096, options=options).samples[1]
     assert long.meta["truncated"] and len(long.prompt_ids) <= 500 + 40   # + chat template
+
+
+def _pred_py(tokenizer, prompt, max_length, chat=True):
+    """LongBench's pred.py, written out: middle-truncate the raw prompt's ids, then the chat template."""
+    ids = tokenizer(prompt)["input_ids"]
+    if len(ids) > max_length:
+        half = int(max_length / 2)
+        prompt = (tokenizer.decode(ids[:half], skip_special_tokens=True)
+                  + tokenizer.decode(ids[-half:], skip_special_tokens=True))
+    return wrap_prompt(tokenizer, prompt, "", chat)[0]
+
+
+def test_length_as_max_length_caps_the_raw_prompt_like_pred_py(tokenizer, longbench_dir):
+    options = TaskOptions(data=longbench_dir, length_caps_prompt=True)
+    short, long = load_samples("longbench", "hotpotqa", tokenizer, 500, options=options).samples[:2]
+    record = _record("hotpotqa", "", "Which way does river 7 flow?", ["north"])
+    context = " ".join(f"Passage {i}: the river number {i} flows north." for i in range(600))
+    expected = _pred_py(tokenizer, PROMPTS["hotpotqa"].format(**{**record, "context": context}), 500)
+    assert long.meta["truncated"] and long.prompt_ids == tokenizer(expected)["input_ids"]
+    # the cap is on the raw prompt: the chat template and the answer come on top of the 500 tokens
+    assert len(long.prompt_ids) > 500 and len(long.prompt_ids) + long.max_new_tokens > 500 + 32
+    assert not short.meta["truncated"]
+    # as a total budget, the same 500 leaves room for the template and the 32 new tokens
+    budget = load_samples("longbench", "hotpotqa", tokenizer, 500, options=TaskOptions(data=longbench_dir))
+    assert len(budget.samples[1].prompt_ids) + 32 <= 500 < len(long.prompt_ids)
+    # model2maxlen below max_length: the smaller cap wins
+    options = TaskOptions(data=longbench_dir, length_caps_prompt=True, max_prompt_tokens=300)
+    capped = load_samples("longbench", "hotpotqa", tokenizer, 500, options=options).samples[1]
+    assert capped.prompt_ids == tokenizer(_pred_py(tokenizer, PROMPTS["hotpotqa"].format(
+        **{**record, "context": context}), 300))["input_ids"]
+
+
+def test_length_as_max_length_for_longbench2_and_not_for_jsonl(tokenizer, tmp_path):
+    item = _v2_item(1, context=" ".join(f"Fact {i} is here." for i in range(400)))
+    (tmp_path / "data.json").write_text(json.dumps([item]))
+    options = TaskOptions(data=tmp_path, length_caps_prompt=True)
+    sample = load_samples("longbench2", "all", tokenizer, 300, options=options).samples[0]
+    ids = tokenizer(fill_prompt(item))["input_ids"]   # v2's pred.py: one decode of head + tail ids
+    raw = tokenizer.decode(ids[:150] + ids[-150:], skip_special_tokens=True)
+    expected = wrap_prompt(tokenizer, raw, "", True)[0]
+    assert sample.meta["truncated"] and sample.prompt_ids == tokenizer(expected)["input_ids"]
+    with pytest.raises(LongreachError, match="jsonl lengths are total budgets"):
+        load_samples("jsonl", "jsonl", tokenizer, 300, options=TaskOptions(data=tmp_path / "x.jsonl",
+                                                                          length_caps_prompt=True))
+    with pytest.raises(LongreachError, match="max_length of 8 tokens"):
+        load_samples("longbench2", "all", tokenizer, 8, options=options)
 
 
 def test_few_shot_datasets_skip_the_chat_template(tokenizer, longbench_dir):

@@ -90,3 +90,26 @@ def test_category_average_reproduces_the_llama2_row():
 def test_longbench_e_buckets():
     assert longbench_e_buckets([(100, 1.0), (5000, 0.0), (5000, 1.0), (9000, 0.25)]) == {
         "0-4k": 100.0, "4-8k": 50.0, "8k+": 25.0}
+
+
+def test_qa_f1_zh_by_hand():
+    pytest.importorskip("jieba")
+    # jieba: 北京/是/中国/的/首都 and 中国/的/首都/是/北京: the same words, in another order
+    assert lb.qa_f1_zh("北京是中国的首都", "中国的首都是北京") == pytest.approx(1.0)
+    # 首都/是/北京/。 -> the full stop normalizes to nothing and is dropped: p = 3/3, r = 3/5
+    assert lb.qa_f1_zh("首都是北京。", "北京是中国的首都") == pytest.approx(0.75)
+    assert lb.qa_f1_zh("BEIJING", "beijing") == 1.0 and lb.qa_f1_zh("上海", "北京") == 0.0
+    meta = {"metric": "qa_f1_zh"}
+    assert score_answers("首都是北京。", ["上海", "北京是中国的首都"], meta) == pytest.approx(0.75)  # max
+
+
+def test_rouge_l_zh_by_hand():
+    pytest.importorskip("jieba")
+    # 我/爱/北京 vs 我/爱/上海: LCS 我 爱, 3 distinct words each -> p = r = 2/3
+    assert lb.rouge_l_zh("我爱北京", "我爱上海") == pytest.approx(2 / 3, abs=1e-7)
+    # 我/爱/北京/天安门 vs 我/爱/北京: p = 3/4, r = 1
+    assert lb.rouge_l_zh("我爱北京天安门", "我爱北京") == pytest.approx(6 / 7, abs=1e-7)
+    # punctuation stays a word, as LongBench joins jieba's output: 今天天气/很/好/，/我们/去/公园/。 vs
+    # 今天天气/不好/。 -> LCS 今天天气 。: p = 2/8, r = 2/3
+    assert lb.rouge_l_zh("今天天气很好，我们去公园。", "今天天气不好。") == pytest.approx(4 / 11, abs=1e-7)
+    assert lb.rouge_l_zh("", "北京") == 0.0

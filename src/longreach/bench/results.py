@@ -100,9 +100,7 @@ class ResultsDir:
             if self.results_file.exists():
                 raise LongreachError(f"{self.path} holds results without a config.json; use another --out")
             self.path.mkdir(parents=True, exist_ok=True)
-            tmp = self.config_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, self.config_file)
+            self._write_config(identity)
             return
         differ = {k: (stored.get(k), identity.get(k)) for k in sorted(set(stored) | set(identity))
                   if stored.get(k) != identity.get(k)}
@@ -110,6 +108,11 @@ class ResultsDir:
             first = "; ".join(f"{k}: {old!r} there, {new!r} asked" for k, (old, new) in differ.items())
             raise LongreachError(f"{self.path} holds results of another configuration ({first}); "
                                  f"use another --out or the same settings")
+
+    def _write_config(self, identity: dict) -> None:
+        tmp = self.config_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.config_file)
 
     # --- records -----------------------------------------------------------------------
     def read(self, problems: list[str] | None = None) -> list[Record]:

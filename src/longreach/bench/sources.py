@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import LongreachError
 from .cells import Cell
 from .prompting import Sample
-from .tasks import TaskOptions, get_task, load_samples, make_sample, resolve_subtasks, skip_reason
+from .tasks import TaskOptions, check_options, get_task, load_samples, make_sample, resolve_subtasks, skip_reason
 
 DEFAULT_SAMPLES = 5
 
@@ -33,6 +33,7 @@ class SweepSpec:
     def __post_init__(self):
         spec = get_task(self.task)
         self.subtasks = resolve_subtasks(self.task, self.subtasks)
+        check_options(self.task, self.options)
         if not self.lengths:
             raise LongreachError("no lengths given")
         if self.depths is not None and not spec.uses_depth:

@@ -1,4 +1,5 @@
-"""Middle truncation of real-data prompts, as LongBench's pred.py does, fitted to a token budget."""
+"""Middle truncation of real-data prompts, as LongBench's pred.py does: to a cap on the raw prompt
+(LongBench's max_length) or fitted to a total token budget (prompt + chat template + generation)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,35 @@ def fit_prompt(tokenizer, text: str, budget: int, wrap: Callable[[str], str], ca
             return full, truncated
         target -= excess
     raise LongreachError(f"could not fit the {what} into {budget} tokens")
+
+
+def cap_prompt(tokenizer, text: str, cap: int, wrap: Callable[[str], str], truncate: Callable = middle_truncate,
+               what: str = "prompt") -> tuple[str, bool]:
+    """LongBench's max_length: truncate the raw prompt in the middle to `cap` tokens, then wrap it.
+
+    pred.py caps the filled prompt before the chat template and does not count the generation, so
+    the wrapped prompt may exceed `cap` by the template's tokens; this is what makes a score
+    comparable with a LongBench run at the same max_length.
+    """
+    if cap < 16:
+        raise LongreachError(f"a max_length of {cap} tokens leaves no room for the {what}")
+    short, truncated = truncate(tokenizer, text, cap)
+    return wrap(short), truncated
+
+
+def prompt_within(tokenizer, text: str, length: int, new_tokens: int, wrap: Callable[[str], str],
+                  cap: int | None = None, length_caps_prompt: bool = False, truncate: Callable = middle_truncate,
+                  what: str = "prompt") -> tuple[str, bool]:
+    """The wrapped prompt of a data item under either meaning of `length`.
+
+    Args:
+        length: with `length_caps_prompt`, LongBench's max_length (a cap on the raw prompt, see
+            cap_prompt); else the total budget: wrapped prompt + `new_tokens` <= length (see fit_prompt).
+        cap: a further cap on the raw prompt (model2maxlen); the smaller cap wins.
+    Returns:
+        (wrapped prompt text, whether it was truncated).
+    """
+    if length_caps_prompt:
+        limit = length if cap is None else min(length, cap)
+        return cap_prompt(tokenizer, text, limit, wrap, truncate, what)
+    return fit_prompt(tokenizer, text, length - new_tokens, wrap, cap, truncate, what)

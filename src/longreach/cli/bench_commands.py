@@ -37,10 +37,14 @@ def _bench(sub):
                       metavar="A,B", help="subtasks (ruler, infinitebench) or datasets (longbench); "
                                           "default: the task's standard set")
     task.add_argument("--lengths", default=None,
-                      help="token budgets (prompt + answer): 4k,8k,32k or START:STOP:COUNT such as 2k:64k:8 "
+                      help="total token budgets, counted as RULER does (chat template + prompt + answer "
+                           "prefix + tokens to generate): 4k,8k,32k or START:STOP:COUNT such as 2k:64k:8 "
                            "(default 4k)")
     task.add_argument("--max-length", default=None,
-                      help="the length for data tasks (LongBench's max_length; same as one --lengths value)")
+                      help="longbench, longbench2: LongBench's max_length, a cap in tokens on the raw prompt, "
+                           "truncated in the middle before the chat template (the template and the answer "
+                           "come on top, as in LongBench's pred.py); other tasks: a total budget, as --lengths. "
+                           "Same syntax as --lengths")
     task.add_argument("--depths", default=None,
                       help="needle depths in percent: 0:100:11 or 10,50,90 (passkey, niah, infinitebench; "
                            "default 50)")
@@ -56,7 +60,8 @@ def _bench(sub):
     task.add_argument("--squad", default=None, help="SQuAD v2 dev JSON for RULER qa_1")
     task.add_argument("--hotpotqa", default=None, help="HotpotQA dev distractor JSON for RULER qa_2")
     task.add_argument("--max-prompt-tokens", type=int, default=None,
-                      help="LongBench's model2maxlen truncation, when below the length")
+                      help="longbench, longbench2 with --lengths: also cap the raw prompt at this many tokens "
+                           "(LongBench's model2maxlen); with --max-length, that is the cap")
     task.add_argument("--longbench-e", action="store_true", help="read LongBench-E files ({dataset}_e.jsonl)")
     task.add_argument("--max-new-tokens", type=int, default=None,
                       help="cap every task's generation length (smoke runs; part of the configuration)")
@@ -93,12 +98,17 @@ def bench_config(args):
     spec = get_task(args.task)
     if args.lengths and args.max_length:
         raise LongreachError("give --lengths or --max-length, not both")
+    caps_prompt = bool(args.max_length) and spec.caps_prompt
+    if caps_prompt and args.max_prompt_tokens is not None:
+        raise LongreachError(f"give --max-length or --max-prompt-tokens, not both: for {args.task} both cap "
+                             "the raw prompt")
     lengths = parse_lengths(args.lengths or args.max_length or "4k")
     depths = parse_depths(args.depths) if args.depths else None
     if args.workers is not None and args.workers < 1:
         raise LongreachError("--workers must be >= 1")
     options = TaskOptions(data=args.data, squad=args.squad, hotpotqa=args.hotpotqa,
-                          max_prompt_tokens=args.max_prompt_tokens, longbench_e=args.longbench_e)
+                          max_prompt_tokens=args.max_prompt_tokens, longbench_e=args.longbench_e,
+                          length_caps_prompt=caps_prompt)
     if spec.from_data and args.data is None:
         raise LongreachError(f"--task {args.task} reads local files: pass --data")
     sweep = SweepSpec(args.task, _split(args.subtasks), lengths, depths, args.samples, args.seed, args.chat,

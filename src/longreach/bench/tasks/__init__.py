@@ -30,20 +30,23 @@ class TaskSpec:
     default_subtasks: tuple[str, ...]
     from_data: bool = False     # samples come from files (load_samples), not from seeds (make_sample)
     uses_depth: bool = False    # make_sample takes a needle depth
+    caps_prompt: bool = False   # a length can be LongBench's max_length (cap on the raw prompt)
+    essay_haystack: bool = False  # uses the Paul Graham essays when installed, else the noise haystack
 
 
 TASKS = {spec.name: spec for spec in (
     TaskSpec("passkey", "passkey retrieval in noise (Landmark Attention template)", ("passkey",),
              ("passkey",), uses_depth=True),
-    TaskSpec("niah", "needle in a haystack of essays, gkamradt style", ("niah",), ("niah",), uses_depth=True),
+    TaskSpec("niah", "needle in a haystack of essays, gkamradt style", ("niah",), ("niah",), uses_depth=True,
+             essay_haystack=True),
     TaskSpec("ruler", "RULER: 13 tasks of retrieval, tracing, aggregation and QA", ruler.TASK_NAMES,
-             ruler.TASK_NAMES),
+             ruler.TASK_NAMES, essay_haystack=True),
     TaskSpec("infinitebench", "InfiniteBench passkey, number_string and kv_retrieval",
              infinitebench.TASK_NAMES, infinitebench.TASK_NAMES, uses_depth=True),
     TaskSpec("longbench", "LongBench v1 datasets from local jsonl files", DATASETS, ENGLISH_DATASETS,
-             from_data=True),
+             from_data=True, caps_prompt=True),
     TaskSpec("longbench2", "LongBench v2 multiple choice from a local JSON/JSONL file", ("all",), ("all",),
-             from_data=True),
+             from_data=True, caps_prompt=True),
     TaskSpec("jsonl", "your own tasks: context, question, answers per line", ("jsonl",), ("jsonl",),
              from_data=True),
 )}
@@ -58,6 +61,7 @@ class TaskOptions:
     max_prompt_tokens: int | None = None   # LongBench's model2maxlen truncation, if below the budget
     limit: int | None = None               # at most this many items per dataset
     longbench_e: bool = False              # LongBench-E files ({dataset}_e.jsonl)
+    length_caps_prompt: bool = False       # lengths are LongBench's max_length: a cap on the raw prompt
 
     def __post_init__(self):
         for name in ("data", "squad", "hotpotqa"):
@@ -98,6 +102,14 @@ def resolve_subtasks(task: str, requested: list[str] | None = None) -> list[str]
         raise LongreachError(f"unknown {task} {what} {', '.join(map(repr, unknown))}; "
                              f"choose from: {', '.join(spec.subtasks)}")
     return list(requested)
+
+
+def check_options(task: str, options: TaskOptions) -> None:
+    """A one-line LongreachError for options the task would otherwise silently ignore."""
+    if options.length_caps_prompt and not get_task(task).caps_prompt:
+        capped = ", ".join(name for name, spec in TASKS.items() if spec.caps_prompt)
+        raise LongreachError(f"{task} lengths are total budgets; a length as a cap on the raw prompt "
+                             f"(LongBench's max_length) applies to {capped} only")
 
 
 def skip_reason(task: str, subtask: str, options: TaskOptions | None = None) -> str | None:
@@ -151,13 +163,14 @@ def load_samples(task: str, subtask: str, tokenizer, length: int, *, chat: bool 
         raise LongreachError(f"{task} generates its samples: use make_sample")
     resolve_subtasks(task, [subtask])
     options = options or TaskOptions()
+    check_options(task, options)
     reason = skip_reason(task, subtask, options)
     if reason:
         raise LongreachError(reason)
     if task == "longbench":
         return longbench_samples(tokenizer, options.data, subtask, length, chat, options.max_prompt_tokens,
-                                 options.limit, options.longbench_e)
+                                 options.limit, options.longbench_e, options.length_caps_prompt)
     if task == "longbench2":
         return longbench2_samples(tokenizer, options.data, length, chat, options.max_prompt_tokens,
-                                  options.limit)
+                                  options.limit, options.length_caps_prompt)
     return jsonl_samples(tokenizer, options.data, length, chat, options.limit)

@@ -2,8 +2,10 @@
 
 As pred.py: fill the dataset's prompt, truncate it in the middle when too long (before the chat
 template), wrap it in the chat template except for the few-shot and code datasets, and generate
-the dataset's max new tokens. The truncation length is what the budget leaves (or `max_prompt_tokens`,
-LongBench's model2maxlen, when smaller). Scoring and category averages follow eval.py and the README.
+the dataset's max new tokens. The length is either LongBench's max_length (`length_caps_prompt`: a cap
+on the raw prompt, what `--max-length` means, so scores compare with LongBench's) or a total budget
+(prompt + template + generation) that the truncation fits, optionally capped by `max_prompt_tokens`
+(LongBench's model2maxlen). Scoring and category averages follow eval.py and the README.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ...errors import LongreachError
 from ..dataio import LoadResult, by_line, read_jsonl, require_dir
 from ..metrics.longbench import FIRST_LINE_DATASETS
 from ..prompting import Sample, wrap_prompt
-from ..truncation import fit_prompt
+from ..truncation import prompt_within
 from .longbench_spec import (
     CATEGORIES,
     DATASETS,
@@ -41,18 +43,20 @@ def dataset_file(data_dir: Path, dataset: str, longbench_e: bool = False) -> Pat
 
 def longbench_samples(tokenizer, data_dir: str | Path, dataset: str, length: int, chat: bool = True,
                       max_prompt_tokens: int | None = None, limit: int | None = None,
-                      longbench_e: bool = False) -> LoadResult:
+                      longbench_e: bool = False, length_caps_prompt: bool = False) -> LoadResult:
     """The items of one LongBench dataset as Samples that fit `length` tokens.
 
     Args:
         tokenizer: the model's tokenizer.
         data_dir: directory holding the dataset jsonl files as distributed (data/{dataset}.jsonl).
         dataset: e.g. "hotpotqa"; see longbench_spec.DATASETS.
-        length: total token budget (prompt + the dataset's max new tokens).
+        length: total token budget (prompt + the dataset's max new tokens), or with
+            `length_caps_prompt` pred.py's max_length (the raw prompt's cap, before the chat template).
         chat: apply the chat template (never for trec, triviaqa, samsum, lsht, lcc, repobench-p).
         max_prompt_tokens: pred.py's max_length for the raw prompt, if smaller than the budget.
         limit: at most this many items.
         longbench_e: read the length-balanced `{dataset}_e.jsonl` instead.
+        length_caps_prompt: read `length` as LongBench's max_length (see above).
     """
     path = dataset_file(require_dir(data_dir, "longbench"), dataset, longbench_e)
     records, problems = read_jsonl(path)
@@ -68,9 +72,10 @@ def longbench_samples(tokenizer, data_dir: str | Path, dataset: str, length: int
         except (KeyError, TypeError) as exc:
             result.problems.append(f"{path.name}:{number}: missing field {exc}")
             continue
-        text, truncated = fit_prompt(tokenizer, prompt, length - new_tokens,
-                                     lambda t: wrap_prompt(tokenizer, t, "", use_chat)[0],
-                                     cap=max_prompt_tokens, what=f"LongBench {dataset} prompt")
+        text, truncated = prompt_within(tokenizer, prompt, length, new_tokens,
+                                        lambda t: wrap_prompt(tokenizer, t, "", use_chat)[0],
+                                        cap=max_prompt_tokens, length_caps_prompt=length_caps_prompt,
+                                        what=f"LongBench {dataset} prompt")
         ids = tokenizer(text)["input_ids"]
         meta = {"task": "longbench", "subtask": dataset, "dataset": dataset, "length": length,
                 "chat": use_chat,

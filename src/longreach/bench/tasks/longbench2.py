@@ -14,7 +14,7 @@ from pathlib import Path
 from ...errors import LongreachError
 from ..dataio import LoadResult, read_jsonl
 from ..prompting import Sample, wrap_prompt
-from ..truncation import fit_prompt, middle_truncate_joined
+from ..truncation import middle_truncate_joined, prompt_within
 
 TEMPLATE = ("Please read the following text and answer the question below.\n\n<text>\n$DOC$\n</text>\n\n"
             "What is the correct answer to this question: $Q$\nChoices:\n(A) $C_A$\n(B) $C_B$\n(C) $C_C$\n"
@@ -51,16 +51,19 @@ def _read_items(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
 
 
 def longbench2_samples(tokenizer, path: str | Path, length: int, chat: bool = True,
-                       max_prompt_tokens: int | None = None, limit: int | None = None) -> LoadResult:
+                       max_prompt_tokens: int | None = None, limit: int | None = None,
+                       length_caps_prompt: bool = False) -> LoadResult:
     """LongBench v2 questions as Samples that fit `length` tokens.
 
     Args:
         tokenizer: the model's tokenizer.
         path: data.json (the HF dataset exported as a JSON list), a .jsonl file, or a directory with one.
-        length: total token budget (prompt + 128 new tokens).
+        length: total token budget (prompt + 128 new tokens), or with `length_caps_prompt` the
+            official max_len: a cap on the raw prompt before the chat template (pred.py's 120000).
         chat: one user message in the chat template; else the raw prompt.
         max_prompt_tokens: the official truncation length (120000), if smaller than the budget.
         limit: at most this many questions.
+        length_caps_prompt: read `length` as that cap (what `--max-length` means).
     """
     records, problems = _read_items(Path(path))
     result = LoadResult(problems=problems)
@@ -72,9 +75,10 @@ def longbench2_samples(tokenizer, path: str | Path, length: int, chat: bool = Tr
             result.problems.append(f"item {number} ({item.get('_id', '?')}): "
                                    + (f"missing {', '.join(missing)}" if missing else "answer is not A-D"))
             continue
-        text, truncated = fit_prompt(tokenizer, fill_prompt(item), length - MAX_NEW_TOKENS,
-                                     lambda t: wrap_prompt(tokenizer, t, "", chat)[0], cap=max_prompt_tokens,
-                                     truncate=middle_truncate_joined, what="LongBench v2 prompt")
+        text, truncated = prompt_within(tokenizer, fill_prompt(item), length, MAX_NEW_TOKENS,
+                                        lambda t: wrap_prompt(tokenizer, t, "", chat)[0], cap=max_prompt_tokens,
+                                        length_caps_prompt=length_caps_prompt, truncate=middle_truncate_joined,
+                                        what="LongBench v2 prompt")
         ids = tokenizer(text)["input_ids"]
         meta = {"task": "longbench2", "subtask": item.get("domain", "all"), "length": length, "chat": chat,
                 "metric": "choice", "id": item["_id"], "domain": item.get("domain"),
