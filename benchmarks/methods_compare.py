@@ -4,8 +4,11 @@ For each configuration x task x length x sample: accuracy, prefill and decode to
 at the end of the generation, and for `squeezed` the keys each decode step touches (selected
 context keys + centroids scored + the unclustered tokens) against attending the whole context.
 Tasks: the classic passkey (noise haystack, depths 0.1/0.5/0.9) and RULER's NIAH (essay
-haystack, `--ruler` subtasks). Finished cells are kept in the JSON file: interrupt and rerun to
-continue. Writes a markdown table and one accuracy-vs-KV-memory plot with every configuration.
+haystack, `--ruler` subtasks), `--samples` seeds each. `squeezed` gets the document first and
+the question after it (its use case, a fixed context questioned many times): the document is
+clustered in between, so the lookup decides the question's attention and the answer.
+Finished cells are kept in the JSON file: interrupt and rerun to continue. Writes a markdown
+table and one accuracy-vs-KV-memory plot with every configuration.
 
     python benchmarks/methods_compare.py                                  # the full grid (days on 2 cores)
     python benchmarks/methods_compare.py --lengths 4k,8k --configs dense,snapkv,squeezed
@@ -64,27 +67,37 @@ CONFIGS: dict[str, tuple[str, dict, int]] = {
 }
 
 
-def samples(tokenizer, task: str, length: int, ruler: list[str], new_tokens: int, depths=DEPTHS):
-    """(key, sample, scorer) for one task at one length."""
+def samples(tokenizer, task: str, length: int, ruler: list[str], new_tokens: int, depths=DEPTHS, seeds=1):
+    """(key, sample, scorer) for one task at one length: every depth (passkey) or subtask (RULER)
+    with `seeds` seeds each."""
     if task == "passkey":
         for depth in depths:
-            yield f"passkey|{depth}", passkey_sample(tokenizer, length, depth, seed=0), score_passkey
+            for seed in range(seeds):
+                yield f"passkey|{depth}|{seed}", passkey_sample(tokenizer, length, depth, seed=seed), score_passkey
         return
     from longreach.bench.metrics import score_answers
     from longreach.bench.tasks import make_sample
     for subtask in ruler:
-        sample = make_sample("ruler", subtask, tokenizer, length, seed=0)
-        sample.max_new_tokens = min(sample.max_new_tokens, new_tokens)
-        def scorer(text, answers, meta=sample.meta):
-            return score_answers(text, answers, meta)
-        yield f"{subtask}|0", sample, scorer
+        for seed in range(seeds):
+            sample = make_sample("ruler", subtask, tokenizer, length, seed=seed)
+            sample.max_new_tokens = min(sample.max_new_tokens, new_tokens)
+            def scorer(text, answers, meta=sample.meta):
+                return score_answers(text, answers, meta)
+            yield f"{subtask}|{seed}", sample, scorer
 
 
-def run_cell(lm, sample, scorer, chunk: int) -> dict:
-    """Greedy generation through a Session (so the policy's counters can be read)."""
+def run_cell(lm, sample, scorer, chunk: int, fixed_context: bool) -> dict:
+    """Greedy generation through a Session (so the policy's counters can be read).
+
+    `fixed_context`: the document is prefilled first and the question after it (squeezed clusters
+    the document between the two, so its lookup decides the question and the answer)."""
     session = lm.new_session()
     t0 = time.perf_counter()
-    logits = session.prefill(sample.prompt_ids, chunk)
+    if fixed_context:
+        session.prefill(sample.prompt_ids[:sample.context_end], chunk, final=False)
+        logits = session.prefill(sample.prompt_ids[sample.context_end:], chunk)
+    else:
+        logits = session.prefill(sample.prompt_ids, chunk)
     t1 = time.perf_counter()
     generated = []
     for _ in range(sample.max_new_tokens):
@@ -168,6 +181,7 @@ def main() -> int:
     parser.add_argument("--ruler-new-tokens", type=int, default=24, help="generation cap for RULER answers")
     parser.add_argument("--depths", default=",".join(map(str, DEPTHS)),
                         help="passkey depths (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=1, help="seeds per passkey depth and per RULER subtask")
     parser.add_argument("--chunk", type=int, default=512, help="prefill chunk (default: %(default)s)")
     parser.add_argument("--out", default="docs/results/methods_compare.json")
     parser.add_argument("--list", action="store_true", help="print the configurations and exit")
@@ -191,11 +205,11 @@ def main() -> int:
         for length in (le for le in lengths if le <= longest):
             for task in args.tasks.split(","):
                 for key, sample, scorer in samples(base.tokenizer, task, length, args.ruler.split(","),
-                                                   args.ruler_new_tokens, depths):
+                                                   args.ruler_new_tokens, depths, args.samples):
                     cell_key = f"{name}|{length}|{key}"
                     if results.done(cell_key):
                         continue
-                    cell = run_cell(lm, sample, scorer, args.chunk)
+                    cell = run_cell(lm, sample, scorer, args.chunk, fixed_context=method == "squeezed")
                     cell |= {"config": name, "method": method, "options": options, "length": length,
                              "task": task, "sample": key}
                     results.put(cell_key, cell)

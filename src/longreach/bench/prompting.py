@@ -18,9 +18,11 @@ __all__ = ["Built", "Sample", "count_tokens", "encode_sample", "find_spans", "la
 
 @dataclass(slots=True)
 class Built:
-    """One candidate prompt: its full text and the character spans of its needles."""
+    """One candidate prompt: its full text, the character spans of its needles and, when known,
+    the character where the document ends and the question begins."""
     text: str
     char_spans: list[tuple[int, int]]
+    context_end: int | None = None
 
 
 def count_tokens(tokenizer, text: str) -> int:
@@ -73,9 +75,9 @@ def wrap_messages(tokenizer, system: str | None, turns: list[str], chat: bool) -
 
 def encode_sample(tokenizer, built: Built, answers: list[str], max_new_tokens: int, meta: dict) -> Sample:
     """Tokenize a finished prompt into a Sample with the needles' token spans."""
-    ids, spans = encode_with_spans(tokenizer, built.text, built.char_spans)
+    ids, spans, context_end = encode_with_spans(tokenizer, built.text, built.char_spans, built.context_end)
     meta = {**meta, "prompt_tokens": len(ids)}
-    return Sample(ids, answers, max_new_tokens, spans, meta)
+    return Sample(ids, answers, max_new_tokens, spans, meta, context_end)
 
 
 def largest_fitting(count: Callable[[int], int], budget: int, low: int, probe: int,

@@ -12,6 +12,9 @@ class Sample:
     max_new_tokens: int
     needle_token_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in prompt_ids
     meta: dict = field(default_factory=dict)
+    # prompt_ids[:context_end] is the document and the rest the question, for methods that process
+    # a fixed context once before any question (squeezed, stored contexts); None when unknown.
+    context_end: int | None = None
 
 
 def wrap_prompt(tokenizer, user_text: str, answer_prefix: str, chat: bool) -> tuple[str, int]:
@@ -36,8 +39,13 @@ def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, end: int) ->
     return a, b
 
 
-def encode_with_spans(tokenizer, text: str, char_spans: list[tuple[int, int]]):
-    """Token ids of `text` and the token ranges of the given character spans."""
+def encode_with_spans(tokenizer, text: str, char_spans: list[tuple[int, int]], context_end: int | None = None):
+    """Token ids of `text`, the token ranges of the given character spans, and the index of the
+    first token at or after character `context_end` (None when not given)."""
     enc = tokenizer(text, return_offsets_mapping=True)
-    spans = [char_span_to_tokens(enc["offset_mapping"], s, e) for s, e in char_spans]
-    return list(enc["input_ids"]), spans
+    offsets = enc["offset_mapping"]
+    spans = [char_span_to_tokens(offsets, s, e) for s, e in char_spans]
+    end = None
+    if context_end is not None:
+        end = next((i for i, (s, _) in enumerate(offsets) if s >= context_end and i > 0), len(offsets))
+    return list(enc["input_ids"]), spans, end

@@ -24,7 +24,8 @@ def _build(n_noise: int, depth: float, key: int, tokenizer, chat: bool):
     user = "\n".join([TASK, before, needle, after, QUESTION])
     text, offset = wrap_prompt(tokenizer, user, ANSWER_PREFIX, chat)
     start = offset + len(TASK) + 1 + len(before) + 1
-    return encode_with_spans(tokenizer, text, [(start, start + len(needle))])
+    question = offset + len(user) - len(QUESTION)
+    return encode_with_spans(tokenizer, text, [(start, start + len(needle))], context_end=question)
 
 
 def passkey_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, chat: bool = False) -> Sample:
@@ -41,19 +42,19 @@ def passkey_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, ch
         raise LongreachError(f"depth must be within 0..1, got {depth}")
     key = random.Random(seed).randint(1, 50000)
     budget = length - MAX_NEW_TOKENS
-    ids, _ = _build(0, depth, key, tokenizer, chat)
+    ids, _, _ = _build(0, depth, key, tokenizer, chat)
     if len(ids) > budget:
         raise LongreachError(f"length {length} is smaller than the passkey template ({len(ids) + MAX_NEW_TOKENS})")
     per_noise = len(_build(10, depth, key, tokenizer, chat)[0]) - len(ids)
     n_noise = max((budget - len(ids)) * 10 // max(per_noise, 1), 0)
     while True:  # the estimate may overshoot by a few tokens: step down until it fits
-        ids, spans = _build(n_noise, depth, key, tokenizer, chat)
+        ids, spans, context_end = _build(n_noise, depth, key, tokenizer, chat)
         if len(ids) <= budget or n_noise == 0:
             break
         n_noise -= max(1, (len(ids) - budget) * 10 // max(per_noise, 1))
         n_noise = max(n_noise, 0)
     return Sample(ids, [str(key)], MAX_NEW_TOKENS, spans,
-                  {"task": "passkey", "length": length, "depth": depth, "seed": seed})
+                  {"task": "passkey", "length": length, "depth": depth, "seed": seed}, context_end)
 
 
 def score_passkey(prediction: str, answers: list[str]) -> float:

@@ -110,7 +110,8 @@ def niah_sample(tokenizer, name: str, config: NiahConfig, length: int, seed: int
         context, query, answers, found, depths = draw(n_units)
         user = template.format(type_needle_v=type_v, context=context, query=query)
         text, offset = wrap_prompt(tokenizer, user, prefix.format(type_needle_v=type_v, query=query), chat)
-        return Built(text, find_spans(text, found, offset)), answers, depths
+        context_end = offset + len(template.split("{context}")[0].format(type_needle_v=type_v)) + len(context)
+        return Built(text, find_spans(text, found, offset), context_end), answers, depths
 
     low = 0 if haystack == "essay" else num_keys * config.num_values  # room for every needle
     units = fit_or_raise(lambda n: count_tokens(tokenizer, build(n)[0].text), budget, low,
