@@ -98,9 +98,15 @@ class RotaryEmbedding:
         return apply_rotary(x, cos, sin)
 
     def rotate_one(self, x: torch.Tensor, position: int) -> torch.Tensor:
-        """Rotate every vector of `x` [..., n, head_dim] at the same position."""
+        """Rotate queries `x` [..., n, head_dim] to score keys left unrotated at distance `position`.
+
+        RoPE is relative: q rotated at p and k rotated at p - position give the logits of q rotated
+        at `position` against k unrotated, except for the attention scaling a rope type puts into
+        cos/sin (YaRN), which a rotated key would carry too: it is applied twice here.
+        """
         cos, sin = self.cos_sin(torch.tensor([position]), x.dtype)
-        return apply_rotary(x, cos, sin)
+        rotated = apply_rotary(x, cos, sin)
+        return rotated if self.attention_scaling == 1.0 else rotated * self.attention_scaling
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,7 @@ def test_bad_shared_options_are_refused(options, message):
 def test_invalid_combinations_are_refused_when_built():
     with pytest.raises(LongreachError, match="rope_factor or target_length"):
         tiny_lm(method="dense", rope_scaling="yarn").new_session()
-    for method in ("snapkv", "squeezed"):
+    for method in ("snapkv", "squeezed", "infllm", "streaming"):
         with pytest.raises(LongreachError, match="dynamic NTK"):
             tiny_lm(method=method, rope_scaling="dynamic", rope_factor=2.0).new_session()
 
@@ -94,3 +94,13 @@ def test_int8_kv_composes_with_infllm():
     session = lm.new_session()
     session.prefill(ids, chunk=16)
     assert type(session.store[0].segments["memory"]).__name__ == "QuantizedSegment"
+
+
+@pytest.mark.parametrize("kind", ["yarn", "linear", "ntk"])
+def test_a_query_rotated_at_a_distance_scores_unrotated_keys_as_both_rotated(kind):
+    """InfLLM-style fixed distances: rotate_one(q, n) . k == rotate(q, p) . rotate(k, p - n),
+    including YaRN's attention scaling, which cos/sin carry on both sides."""
+    rope = scaled_rope(RotaryEmbedding(_config(), 16), kind, 4.0)
+    q, k = torch.randn(1, 1, 3, 16), torch.randn(1, 1, 5, 16)
+    expected = rope.rotate(q, torch.full((3,), 900)) @ rope.rotate(k, torch.full((5,), 900 - 37)).transpose(-1, -2)
+    torch.testing.assert_close(rope.rotate_one(q, 37) @ k.transpose(-1, -2), expected, rtol=1e-5, atol=1e-5)

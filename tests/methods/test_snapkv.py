@@ -79,7 +79,8 @@ def test_kept_tokens_match_brute_force_scores_and_decode_attends_them(score):
 @pytest.mark.parametrize("positions", ["original", "renumbered"])
 @pytest.mark.parametrize("compress", ["end", "chunk"])
 def test_budget_is_honoured_exactly_per_kv_head(positions, compress):
-    lm = tiny_lm(method="snapkv", budget=48, obs_window=8, positions=positions, compress=compress)
+    lm = tiny_lm(method="snapkv", budget=48, obs_window=8, positions=positions, compress=compress,
+                 first_token="full")  # the prompt's last token is then part of the compressed prefill
     session = lm.new_session()
     session.prefill(prompt_ids(200), chunk=32)
     for layer in session.store.layers:
@@ -112,9 +113,27 @@ def test_rejects_bad_options():
 
 
 def test_a_stored_document_waits_for_its_question_before_compressing():
-    lm = tiny_lm(method="snapkv", budget=48, obs_window=8)
+    lm = tiny_lm(method="snapkv", budget=48, obs_window=8, first_token="full")
     session = lm.new_session()
     session.prefill(prompt_ids(200), chunk=64, final=False)
     assert len(session.store[0].segments["tokens"]) == 200 and not len(session.store[0].segments["kept.0"])
     session.prefill(prompt_ids(10, seed=2), chunk=64)  # the question: now compressed, question-aware
     assert len(session.store[0].segments["kept.0"]) == 40 and len(session.store[0].segments["tokens"]) == 8
+
+
+def test_the_first_answer_token_reads_the_compressed_memory():
+    """Default: the prompt's last token is fed after compression, as a decoding step; `full` (the
+    official code) predicts the first token from the uncompressed prefill."""
+    ids = prompt_ids(200)
+    compressed = tiny_lm(method="snapkv", budget=48, obs_window=8)
+    session = compressed.new_session()
+    first = session.prefill(ids, chunk=64)
+    assert len(session.store[0].segments["kept.0"]) == 40 and len(session.store[0].segments["tokens"]) == 9
+    by_hand = tiny_lm(method="snapkv", budget=48, obs_window=8, first_token="full").new_session()
+    by_hand.prefill(ids[:-1], chunk=64)  # compressed at its end
+    torch.testing.assert_close(first, by_hand.step(ids[-1]))
+    full = tiny_lm(method="snapkv", budget=48, obs_window=8, first_token="full").new_session()
+    dense = tiny_lm().new_session()
+    torch.testing.assert_close(full.prefill(ids, chunk=64), dense.prefill(ids, chunk=64), rtol=1e-4, atol=1e-5)
+    with pytest.raises(Exception, match="first_token"):
+        method_config("snapkv", {"first_token": "later"})

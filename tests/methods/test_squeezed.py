@@ -119,3 +119,87 @@ def test_question_prompts_are_not_clustered_into_the_context():
     _, fork = _question_logits(lm, prompt_ids(200), prompt_ids(12, seed=4))
     assert len(fork.store[0].segments["memory"]) == 192
     assert len(fork.store[0].segments["recent"]) == 8 + 12
+
+
+def _estimate_by_hand(q, centroids, counts, scale, log_norm=None):
+    """Per query: max over query heads of exp(q.c * scale - log_norm), log_norm over the clusters
+    given (each counted as many times as it has keys) unless supplied."""
+    logits = (q @ centroids.T) * scale  # [g, n, k]
+    if log_norm is None:
+        log_norm = torch.logsumexp(logits + counts.float().log(), -1, keepdim=True)
+    return (logits - log_norm).exp().amax(0), log_norm
+
+
+def test_threshold_selection_and_its_calibration_match_brute_force():
+    torch.manual_seed(2)
+    keys = torch.randn(1, 400, 16)
+    index = ClusterIndex.build(keys, cluster_size=8, levels=1, iterations=5)
+    calibration = torch.randn(2, 20, 16)
+    index.calibrate([calibration], 0.25, budget=50)
+    p, _ = _estimate_by_hand(calibration, index.centroids[0], index.counts[0], 0.25)
+    pairs = sorted(((float(p[i, c]), int(index.counts[0, c])) for i in range(20) for c in range(p.shape[1])),
+                   reverse=True)
+    total, threshold = 0, None
+    for value, count in pairs:  # the value at which the best (query, cluster) pairs hold 50 keys per query
+        total += count
+        if total >= 50 * 20:
+            threshold = value
+            break
+    assert abs(float(index.threshold[0]) - threshold) < 1e-6
+    q = torch.randn(2, 3, 16)
+    rows, mask, _ = index.select(q, 0.25, 0, budget=50)
+    p, _ = _estimate_by_hand(q, index.centroids[0], index.counts[0], 0.25)
+    for i in range(3):
+        clusters = (p[i] >= index.threshold[0]).nonzero().squeeze(1)
+        expected = torch.isin(index.labels[0], clusters).nonzero().squeeze(1)
+        assert rows[mask[i]].tolist() == expected.tolist()
+
+
+def test_hierarchical_lookup_matches_brute_force():
+    torch.manual_seed(3)
+    keys = torch.randn(1, 2048, 16) + 2 * torch.randn(1, 2048, 1).sign() * torch.randn(1, 1, 16)
+    index = ClusterIndex.build(keys, cluster_size=8, levels=2, coarse_size=8, method="flat", iterations=4)
+    q, scale, budget, slack = torch.randn(2, 4, 16), 0.25, 96, 2.0
+    rows, mask, scored = index.select(q, scale, 0, budget, slack)
+    coarse_counts = torch.zeros(index.coarse.shape[1], dtype=torch.long).index_add_(
+        0, index.parent[0], index.counts[0])
+    coarse_p, log_norm = _estimate_by_hand(q, index.coarse[0], coarse_counts, scale)
+    fine_p, _ = _estimate_by_hand(q, index.centroids[0], index.counts[0], scale, log_norm)
+    n_scored = set()
+    for i in range(4):
+        taken, before = [], 0
+        for c in sorted(range(len(coarse_counts)), key=lambda c: (-float(coarse_p[i, c]), c)):
+            if before >= slack * budget:
+                break
+            taken.append(c)
+            before += int(coarse_counts[c])
+        fine = [f for f in range(index.centroids.shape[1]) if int(index.parent[0, f]) in taken]
+        n_scored |= set(fine)
+        chosen = []
+        for f in sorted(fine, key=lambda f: (-float(fine_p[i, f]), f)):
+            members = (index.labels[0] == f).nonzero().squeeze(1).tolist()
+            chosen += members[:budget - len(chosen)]
+        assert rows[mask[i]].tolist() == sorted(chosen) and len(chosen) == budget
+    assert scored == index.coarse.shape[1] + len(n_scored)
+
+
+def test_a_question_reads_the_lookup_the_same_at_any_chunk_size():
+    lm = tiny_lm(method="squeezed", budget=0.25, cluster_size=4, **SMALL_INFLLM)
+    context, question = prompt_ids(200), prompt_ids(12, seed=4)
+    session = lm.new_session()
+    session.prefill(context, chunk=64, final=False)
+    whole = session.fork().prefill(question, chunk=12, all_logits=True)
+    for chunk in (5, 1):
+        torch.testing.assert_close(session.fork().prefill(question, chunk=chunk, all_logits=True), whole,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_decode_cost_counts_every_kv_head_of_the_unclustered_tokens():
+    lm = tiny_lm(method="squeezed", budget=0.25, cluster_size=4, **SMALL_INFLLM)
+    _, fork = _question_logits(lm, prompt_ids(200), prompt_ids(12, seed=4))
+    before = dict(fork.policy.touched)
+    layer = fork.store[0]
+    unclustered = len(layer.segments["recent"]) + 1 + len(layer.segments["init"])  # after the next token
+    fork.step(7)
+    steps = fork.policy.touched["steps"] - before["steps"]  # one per layer
+    assert fork.policy.touched["other"] - before["other"] == steps * unclustered * fork.policy.ctx.n_kv_heads

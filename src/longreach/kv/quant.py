@@ -8,8 +8,9 @@ float16; codes are asymmetric min/max.
 
 `QuantizedSegment` has the interface of `KVSegment` (append, drop_front, slice, gather,
 rotated_keys, state_dict, ...). Its rotated-key cache is itself quantized (per channel, from
-the keys rotated before quantization) so a method that attends the whole segment at true
-positions keeps the saving.
+the dequantized keys rotated at their positions, so a segment restored from disk rotates
+exactly what the live one did) and a method attending the whole segment at true positions
+keeps the saving.
 """
 
 from __future__ import annotations
@@ -106,20 +107,23 @@ class _Codes:
         return x.view(b, h, n, d).to(dtype)
 
     def read_range(self, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
-        """Dequantized rows a..b [B, H, b - a, d], from slices (no per-row gathers)."""
+        """Dequantized rows a..b [B, H, b - a, d], from slices (no per-row gathers).
+
+        The codes are multiplied by the float scales as uint8 (one pass writes the float result)."""
         if self.per_channel:
             g = self.spec.group
             first, last = a // g, -(-b // g)
-            x = unpack(self.codes[:, :, first * g:last * g], self.spec.bits).float()
-            batch, heads, n, d = x.shape
-            grouped = x.view(batch, heads, last - first, g, d)  # in place: one float tensor in all
-            grouped.mul_(self.scale[:, :, first:last, None].float()).add_(self.zero[:, :, first:last, None].float())
-            return x[:, :, a - first * g:b - first * g].to(dtype)
-        x = unpack(self.codes[:, :, a:b], self.spec.bits).float()
-        batch, heads, n, d = x.shape
-        grouped = x.view(batch, heads, n, d // self.group, self.group)
-        grouped.mul_(self.scale[:, :, a:b, :, None].float()).add_(self.zero[:, :, a:b, :, None].float())
-        return x.to(dtype)
+            codes = unpack(self.codes[:, :, first * g:last * g], self.spec.bits)
+            batch, heads, n, d = codes.shape
+            grouped = codes.reshape(batch, heads, last - first, g, d)
+            x = torch.mul(grouped, self.scale[:, :, first:last, None].float())
+            x.add_(self.zero[:, :, first:last, None].float())
+            return x.view(batch, heads, n, d)[:, :, a - first * g:b - first * g].to(dtype)
+        codes = unpack(self.codes[:, :, a:b], self.spec.bits)
+        batch, heads, n, d = codes.shape
+        grouped = codes.reshape(batch, heads, n, d // self.group, self.group)
+        x = torch.mul(grouped, self.scale[:, :, a:b, :, None].float()).add_(self.zero[:, :, a:b, :, None].float())
+        return x.view(batch, heads, n, d).to(dtype)
 
     def moved(self, start: int, stop: int, capacity: int) -> _Codes:
         """A copy of rows start..stop (start a multiple of the key group) at row 0 of a new capacity."""
@@ -195,7 +199,7 @@ class QuantizedSegment:
 
     def _reset_rotated(self):
         self._rot: _Codes | None = None  # quantized keys rotated at their positions, rows [.., _rot_end)
-        self._rot_end, self._rot_key, self._rope = 0, None, None
+        self._rot_end, self._rot_key = 0, None
 
     def __len__(self) -> int:
         return self._base_len + self._end - self._start
@@ -307,7 +311,7 @@ class QuantizedSegment:
         key = (id(rope), getattr(rope, "version", 0))
         if self._rot is None or self._rot_key != key or self._rot.codes.shape[2] != self._k.codes.shape[2]:
             self._rot = _Codes(self._tail_k, self.spec, True, self._k.codes.shape[2])
-            self._rot_end, self._rot_key, self._rope = self._aligned_start, key, rope
+            self._rot_end, self._rot_key = self._aligned_start, key
         if self._rot_end < self._qend:
             a, b = self._rot_end, self._qend
             keys = self._k.read_range(a, b, self.dtype)
@@ -370,13 +374,9 @@ class QuantizedSegment:
         full = tail_k.shape[2] // self.spec.group * self.spec.group
         if full:
             a = self._qend
+            # The rotated cache follows lazily, from the dequantized keys: a segment restored
+            # from its saved codes then rotates exactly the same values as the live one.
             self._k.write(a, tail_k[:, :, :full])
-            rope = self._rope
-            current = rope is not None and self._rot_key == (id(rope), getattr(rope, "version", 0))
-            if current and self._rot_end == a:
-                # Rotate before quantizing: the cache then has one quantization error, not two.
-                self._rot.write(a, rope.rotate(tail_k[:, :, :full], self._positions[a:a + full]))
-                self._rot_end = a + full
             self._qend = a + full
         self._tail_k = tail_k[:, :, full:].clone()
 

@@ -10,7 +10,9 @@ Scores are summed over the query heads sharing a KV head and each KV head keeps 
 tokens (segments "kept.{h}", one head each), so GQA keeps its memory saving. Tokens after
 the compression go to "tokens" with every head; generated tokens are not compressed.
 
-`compress=end` compresses when the prompt is in: a document stored with
+`compress=end` compresses when the prompt is in (before its last token by default,
+`first_token=compressed`, so the answer's first token reads the compressed KV; the official
+code predicts it from the full prompt, which flatters one-token answers): a document stored with
 `prefill(final=False)` waits for its question, so the compression follows the question
 (a later prompt compresses again, to the same budget); `compress=chunk`
 compresses after every prefill chunk, so memory stays within budget + chunk and, with
@@ -47,6 +49,9 @@ class SnapKVConfig(MethodConfig):
     kernel: int | None = option(None, "pooling kernel (odd); default 7 for snapkv, 1 (none) for h2o and tova")
     positions: str = option("original", "original (true positions) or renumbered (kept at 0..budget-1)")
     compress: str = option("end", "end (once the prompt is in) or chunk (after every prefill chunk)")
+    first_token: str = option("compressed", "compress=end: compressed (the answer's first token reads the "
+                                            "compressed KV) or full (as the official code: it is predicted "
+                                            "by the uncompressed prefill)")
 
     def __post_init__(self):
         check(self.budget >= 1, "budget must be >= 1")
@@ -57,6 +62,7 @@ class SnapKVConfig(MethodConfig):
               "kernel must be odd and >= 1")
         check(self.positions in ("original", "renumbered"), "positions must be original or renumbered")
         check(self.compress in ("end", "chunk"), "compress must be end or chunk")
+        check(self.first_token in ("compressed", "full"), "first_token must be compressed or full")
         check(self.score != "snapkv" or self.obs_window >= 1, "snapkv scoring needs obs_window >= 1")
 
     def build(self, ctx) -> SnapKVPolicy:
@@ -76,6 +82,12 @@ class SnapKVPolicy(Policy):
 
     def reset_caches(self):
         self._observed = {}
+
+    @property
+    def replay_last_token(self) -> bool:
+        # The engine holds the prompt's last token back until compression, then feeds it as a
+        # decoding step, so the first answer token is predicted from the compressed KV like the rest.
+        return self.config.compress == "end" and self.config.first_token == "compressed"
 
     def _kept(self, kv) -> list:
         return [kv.segment(f"kept.{h}", n_kv_heads=1) for h in range(self.ctx.n_kv_heads)]

@@ -125,8 +125,9 @@ class SqueezedPolicy(Policy):
         memory = kv.segments.get("memory")
         if memory is not None and len(memory) and self.clustered():
             parts.append(self._selected(layer, memory, q_true if q_far is None else q_far))
-        if q.shape[2] == 1:
-            self.touched["other"] += len(recent) + (len(init) if init is not None else 0)
+        if q.shape[2] == 1:  # every KV head reads these (the other counters sum over KV heads too)
+            unclustered = len(recent) + (len(init) if init is not None else 0)
+            self.touched["other"] += unclustered * self.ctx.n_kv_heads
         return merge(parts)[0]
 
     def _recent(self, q_true, q_far, recent, positions, n_past) -> list[Partial]:

@@ -27,6 +27,9 @@ class StreamingConfig(MethodConfig):
         check(self.window >= 1, "window must be >= 1")
 
     def build(self, ctx) -> StreamingPolicy:
+        check(ctx.rope.rope_type != "dynamic", "streaming keeps every distance inside its window; dynamic "
+                                               "NTK would change the frequencies with the absolute position "
+                                               "(use ntk or yarn with a factor)")
         return StreamingPolicy(ctx, self)
 
 
