@@ -14,12 +14,18 @@ NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. The
 QUESTION = "What is the pass key?"
 ANSWER_PREFIX = " The pass key is"
 MAX_NEW_TOKENS = 10
+_NOISE_WORDS = NOISE.split()
 
 
-def _build(n_noise: int, depth: float, key: int, tokenizer, chat: bool):
-    n_before = round(n_noise * depth)
-    before = " ".join([NOISE] * n_before)
-    after = " ".join([NOISE] * (n_noise - n_before))
+def _noise(n_words: int) -> str:
+    """The first `n_words` words of the noise repeated (the original test cuts it by characters)."""
+    whole, part = divmod(n_words, len(_NOISE_WORDS))
+    return " ".join(_NOISE_WORDS * whole + _NOISE_WORDS[:part])
+
+
+def _build(n_words: int, depth: float, key: int, tokenizer, chat: bool):
+    n_before = round(n_words * depth)
+    before, after = _noise(n_before), _noise(n_words - n_before)
     needle = f"The pass key is {key}. Remember it. {key} is the pass key."
     user = "\n".join([TASK, before, needle, after, QUESTION])
     text, offset = wrap_prompt(tokenizer, user, ANSWER_PREFIX, chat)
@@ -30,6 +36,8 @@ def _build(n_noise: int, depth: float, key: int, tokenizer, chat: bool):
 
 def passkey_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, chat: bool = False) -> Sample:
     """A passkey prompt of at most `length` tokens (generation included) with the key at `depth`.
+
+    The noise grows word by word, so the prompt fills the budget to within a couple of tokens.
 
     Args:
         tokenizer: the model's tokenizer (counts the budget, wraps the chat template).
@@ -42,17 +50,26 @@ def passkey_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, ch
         raise LongreachError(f"depth must be within 0..1, got {depth}")
     key = random.Random(seed).randint(1, 50000)
     budget = length - MAX_NEW_TOKENS
-    ids, _, _ = _build(0, depth, key, tokenizer, chat)
-    if len(ids) > budget:
-        raise LongreachError(f"length {length} is smaller than the passkey template ({len(ids) + MAX_NEW_TOKENS})")
-    per_noise = len(_build(10, depth, key, tokenizer, chat)[0]) - len(ids)
-    n_noise = max((budget - len(ids)) * 10 // max(per_noise, 1), 0)
-    while True:  # the estimate may overshoot by a few tokens: step down until it fits
-        ids, spans, context_end = _build(n_noise, depth, key, tokenizer, chat)
-        if len(ids) <= budget or n_noise == 0:
-            break
-        n_noise -= max(1, (len(ids) - budget) * 10 // max(per_noise, 1))
-        n_noise = max(n_noise, 0)
+    built = {0: _build(0, depth, key, tokenizer, chat)}
+    template = len(built[0][0])
+    if template > budget:
+        raise LongreachError(f"length {length} is smaller than the passkey template ({template + MAX_NEW_TOKENS})")
+    per_word = (len(_build(200, depth, key, tokenizer, chat)[0]) - template) / 200
+    low, high = 0, None  # low fits; high (when known) does not
+    guess = int((budget - template) / per_word)
+    while high is None or high - low > 1:
+        guess = min(max(guess, low + 1), high - 1) if high is not None else max(guess, low + 1)
+        built[guess] = _build(guess, depth, key, tokenizer, chat)
+        gap = budget - len(built[guess][0])
+        if gap >= 0:
+            low = guess
+            if gap <= 1:
+                break
+            guess += max(int(gap / per_word), 1)
+        else:
+            high = guess
+            guess -= max(int(-gap / per_word), 1)
+    ids, spans, context_end = built[low]
     return Sample(ids, [str(key)], MAX_NEW_TOKENS, spans,
                   {"task": "passkey", "length": length, "depth": depth, "seed": seed}, context_end)
 
