@@ -1,5 +1,6 @@
 import pytest
 import torch
+from segment_checks import assert_same_reads
 from transformers import LlamaConfig
 
 from longreach.kv import KVStore, QuantSpec
@@ -121,15 +122,8 @@ def test_adopted_codes_are_not_copied_when_the_segment_grows():
     assert torch.equal(seg.values, reference.values)
     rope = RotaryEmbedding(LlamaConfig(head_dim=16, hidden_size=32, num_attention_heads=2), 16)
     torch.testing.assert_close(seg.rotated_keys(rope), reference.rotated_keys(rope))
-    index = torch.tensor([45, 3, 60, 37, 38, 0, 64])
-    for got, expected in zip(seg.gather(index), reference.gather(index), strict=True):
-        assert torch.equal(got, expected)
-    per_head = torch.tensor([[1, 50, 37, 64], [44, 2, 38, 7]])
-    for got, expected in zip(seg.gather_per_head(per_head), reference.gather_per_head(per_head), strict=True):
-        assert torch.equal(got, expected)
-    for a, b in ((0, 8), (30, 40), (41, 50)):
-        for got, expected in zip(seg.slice(a, b), reference.slice(a, b), strict=True):
-            assert torch.equal(got, expected)
+    assert_same_reads(seg, reference, [45, 3, 60, 37, 38, 0, 64], [[1, 50, 37, 64], [44, 2, 38, 7]],
+                      [(0, 8), (30, 40), (41, 50)])
     assert seg.nbytes == reference.nbytes
     joined = KVStore(1, 2, 16, torch.float32, "cpu", quant=spec)[0].segment("m")
     joined.load_state_dict(seg.state_dict())

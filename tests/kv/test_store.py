@@ -1,4 +1,5 @@
 import torch
+from segment_checks import assert_same_reads
 from transformers import LlamaConfig
 
 from longreach.kv import KVStore
@@ -80,15 +81,8 @@ def test_adopted_tokens_are_not_copied_when_the_segment_grows():
     base, tail = seg.key_parts()
     assert base.data_ptr() == adopted["keys"].data_ptr() and tail.shape[2] == 24
     assert len(seg) == 64 and torch.equal(seg.positions, reference.positions)
-    index = torch.tensor([45, 3, 60, 39, 40, 0])
-    for got, expected in zip(seg.gather(index), reference.gather(index), strict=True):
-        assert torch.equal(got, expected)
-    per_head = torch.tensor([[1, 50, 39, 63], [44, 2, 40, 7]])
-    for got, expected in zip(seg.gather_per_head(per_head), reference.gather_per_head(per_head), strict=True):
-        assert torch.equal(got, expected)
-    for a, b in ((0, 8), (30, 40), (41, 50)):
-        for got, expected in zip(seg.slice(a, b), reference.slice(a, b), strict=True):
-            assert torch.equal(got, expected)
+    assert_same_reads(seg, reference, [45, 3, 60, 39, 40, 0], [[1, 50, 39, 63], [44, 2, 40, 7]],
+                      [(0, 8), (30, 40), (41, 50)])
     for name, tensor in reference.state_dict().items():
         assert torch.equal(seg.state_dict()[name], tensor)
     seg.drop_front(10)
