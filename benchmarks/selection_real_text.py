@@ -42,7 +42,8 @@ def main() -> int:
     parser.add_argument("--lengths", default="8k,16k,32k,64k")
     parser.add_argument("--depths", default="0.1,0.5,0.9", help="for niah and passkey (RULER draws its own)")
     parser.add_argument("--selections", default="paper,question_global",
-                        help="strategies; question_global:match scores with the best logit (question_score=match)")
+                        help="strategies; question_global:match scores with the best logit (question_score=match); "
+                             "+option=value sets an infllm option for one strategy, e.g. paper+repr_tokens=1")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--raw", dest="chat", action="store_false", help="raw prompts (default: chat template)")
     parser.add_argument("--options", default="", help="infllm options for every strategy, e.g. n_local=2048")
@@ -65,9 +66,7 @@ def main() -> int:
                     key = f"{selection}|{name}|{length}|{depth}|{seed}"
                     if results.done(key):
                         continue
-                    strategy, _, question_score = selection.partition(":")  # e.g. question_global:match
-                    extra = {"question_score": question_score} if question_score else {}
-                    lm = base.with_method("infllm", **{**options, "selection": strategy, **extra})
+                    lm = base.with_method("infllm", **{**options, **selection_options(selection)})
                     result = lm.generate(sample.prompt_ids, sample.max_new_tokens, trace=True)
                     recall = needle_block_recall(result.selections, sample.needle_token_spans,
                                                  from_position=len(sample.prompt_ids) - 1)
@@ -87,6 +86,15 @@ def main() -> int:
         f"Command: `python benchmarks/selection_real_text.py {' '.join(sys.argv[1:])}`\n\n" + table + "\n")
     print(table)
     return 0
+
+
+def selection_options(spec: str) -> dict[str, str]:
+    """infllm options of a selection spec: `strategy[:question_score][+option=value...]`,
+    e.g. `question_global:match` or `question_global+block_size=64+topk_blocks=16`."""
+    name, *pairs = spec.split("+")
+    strategy, _, question_score = name.partition(":")
+    options = dict(pair.split("=", 1) for pair in pairs)
+    return {"selection": strategy, **({"question_score": question_score} if question_score else {}), **options}
 
 
 def summarise(cells: dict) -> str:
