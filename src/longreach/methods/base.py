@@ -67,6 +67,9 @@ class MethodConfig:
     summary: typing.ClassVar[str] = ""
     SHARED: typing.ClassVar[tuple[str, ...]] = ("rope_scaling", "rope_factor", "target_length", "kv_quant",
                                                 "kv_group")
+    # Why the method cannot follow dynamic NTK (frequencies that change as positions grow), or ""
+    # when it can; `prepare` refuses the combination with this reason.
+    no_dynamic_ntk: typing.ClassVar[str] = ""
 
     rope_scaling: str | None = option(None, f"RoPE scaling: {', '.join(SCALINGS)} (none by default)")
     rope_factor: float | None = option(None, "RoPE scaling factor; default: target_length / trained window")
@@ -95,6 +98,9 @@ class MethodConfig:
             factor = scaling_factor(self.rope_factor, self.target_length, ctx.trained_window)
             rope = scaled_rope(ctx.rope, self.rope_scaling, factor)
             ctx = dataclasses.replace(ctx, rope=rope, trained_window=int(ctx.trained_window * factor))
+        check(not (self.no_dynamic_ntk and ctx.rope.rope_type == "dynamic"),
+              f"{self.name} {self.no_dynamic_ntk}; dynamic NTK changes the frequencies as the input grows "
+              "(use ntk or yarn with a factor)")
         return ctx
 
     @classmethod

@@ -33,6 +33,7 @@ from .selection import SELECTORS, PaperSelector, SelectionRequest
 @dataclass(slots=True)
 class InfLLMConfig(MethodConfig):
     name = "infllm"
+    no_dynamic_ntk = "keeps every distance inside the window"
     summary = "InfLLM: sinks + local window + retrieved memory blocks at a fixed distance"
 
     n_init: int = option(128, "initial (sink) tokens always attended")
@@ -71,9 +72,6 @@ class InfLLMConfig(MethodConfig):
         return self.exec_block if self.exec_block is not None else min(512, n_local)
 
     def build(self, ctx) -> InfLLMPolicy:
-        check(ctx.rope.rope_type != "dynamic", "infllm keeps every distance inside the window; dynamic NTK "
-                                               "would change the frequencies with the absolute position "
-                                               "(use ntk or yarn with a factor)")
         n_local = self.local_window(ctx.trained_window)
         exec_block = self.execution_block(n_local)
         check(exec_block <= n_local, f"exec_block ({exec_block}) must be <= n_local ({n_local})")

@@ -39,6 +39,7 @@ SCORES = ("snapkv", "h2o", "tova")
 @dataclass(slots=True)
 class SnapKVConfig(MethodConfig):
     name = "snapkv"
+    no_dynamic_ntk = "keeps rotated positions fixed"
     summary = "SnapKV / H2O / TOVA: compress the stored prompt to a per-KV-head budget"
 
     budget: int = option(2048, "tokens kept per KV head after compression (observation window included)")
@@ -66,8 +67,6 @@ class SnapKVConfig(MethodConfig):
         check(self.score != "snapkv" or self.obs_window >= 1, "snapkv scoring needs obs_window >= 1")
 
     def build(self, ctx) -> SnapKVPolicy:
-        check(ctx.rope.rope_type != "dynamic",
-              "snapkv keeps rotated positions fixed; dynamic NTK changes them")
         check(ctx.store.batch == 1, "snapkv selects tokens for one sequence (batch 1)")
         return SnapKVPolicy(ctx, self)
 

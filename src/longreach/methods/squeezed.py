@@ -41,6 +41,7 @@ INDEX_BUFFERS = ("centroids", "labels", "coarse", "parent", "threshold")
 @dataclass(slots=True)
 class SqueezedConfig(MethodConfig):
     name = "squeezed"
+    no_dynamic_ntk = "clusters keys at fixed rotations"
     summary = "Squeezed Attention: clustered fixed context, each query attends its best clusters"
 
     positions: str = option("infllm", "infllm (InfLLM prefill and positions: any length) or true "
@@ -79,8 +80,6 @@ class SqueezedConfig(MethodConfig):
 
     def build(self, ctx) -> SqueezedPolicy:
         check(ctx.store.batch == 1, "squeezed clusters one sequence (batch 1)")
-        check(ctx.rope.rope_type != "dynamic", "squeezed clusters keys at fixed rotations; dynamic NTK "
-                                               "changes them as the input grows")
         n_local = self.infllm().local_window(ctx.trained_window) if self.positions == "infllm" else None
         return SqueezedPolicy(ctx, self, n_local)
 

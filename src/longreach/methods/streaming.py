@@ -17,6 +17,7 @@ from .base import MethodConfig, Policy, check, option
 @dataclass(slots=True)
 class StreamingConfig(MethodConfig):
     name = "streaming"
+    no_dynamic_ntk = "keeps every distance inside its window"
     summary = "StreamingLLM: sink tokens + sliding window, constant memory"
 
     n_sink: int = option(4, "attention-sink tokens kept from the start of the text")
@@ -27,9 +28,6 @@ class StreamingConfig(MethodConfig):
         check(self.window >= 1, "window must be >= 1")
 
     def build(self, ctx) -> StreamingPolicy:
-        check(ctx.rope.rope_type != "dynamic", "streaming keeps every distance inside its window; dynamic "
-                                               "NTK would change the frequencies with the absolute position "
-                                               "(use ntk or yarn with a factor)")
         return StreamingPolicy(ctx, self)
 
 
