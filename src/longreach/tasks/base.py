@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -49,3 +50,41 @@ def encode_with_spans(tokenizer, text: str, char_spans: list[tuple[int, int]], c
     if context_end is not None:
         end = next((i for i, (s, _) in enumerate(offsets) if s >= context_end and i > 0), len(offsets))
     return list(enc["input_ids"]), spans, end
+
+
+def largest_fitting(count: Callable[[int], int], budget: int, low: int, probe: int,
+                    tolerance: int = 2) -> int | None:
+    """Largest n >= low with count(n) <= budget, for a count that grows with n; None if low overflows.
+
+    Interpolates from the measured tokens per unit and falls back to bisection, so a fit is found
+    in a handful of tokenizations even for 100k-token prompts. With tolerance > 0 it stops early
+    at an n whose count is within `tolerance` tokens of the budget; 0 finds the exact largest n.
+    """
+    cache: dict[int, int] = {}
+
+    def tokens(n: int) -> int:
+        if n not in cache:
+            cache[n] = count(n)
+        return cache[n]
+
+    if tokens(low) > budget:
+        return None
+    lo, hi = low, max(probe, low + 1)
+    while tokens(hi) <= budget:  # grow until the bracket [lo fits, hi overflows] is found
+        per_unit = max((tokens(hi) - tokens(lo)) / (hi - lo), 1e-3)
+        step = max(1, int((budget - tokens(hi)) / per_unit * 1.02) + 1)
+        lo, hi = hi, hi + min(step, 1024 * (hi - lo) + 1024)
+    stalls = 0
+    while hi - lo > 1 and not (tolerance and budget - tokens(lo) <= tolerance):
+        if stalls >= 2:  # interpolation keeps landing on one side: bisect once
+            guess, stalls = (lo + hi) // 2, 0
+        else:
+            per_unit = max((tokens(hi) - tokens(lo)) / (hi - lo), 1e-3)
+            guess = min(max(lo + int((budget - tokens(lo)) / per_unit), lo + 1), hi - 1)
+        width = hi - lo
+        if tokens(guess) <= budget:
+            lo = guess
+        else:
+            hi = guess
+        stalls = stalls + 1 if (hi - lo) * 2 > width else 0
+    return lo

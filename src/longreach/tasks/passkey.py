@@ -6,7 +6,7 @@ import random
 import re
 
 from ..errors import LongreachError
-from .base import Sample, encode_with_spans, wrap_prompt
+from .base import Sample, encode_with_spans, largest_fitting, wrap_prompt
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
         "I will quiz you about the important information there.")
@@ -50,26 +50,17 @@ def passkey_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, ch
         raise LongreachError(f"depth must be within 0..1, got {depth}")
     key = random.Random(seed).randint(1, 50000)
     budget = length - MAX_NEW_TOKENS
-    built = {0: _build(0, depth, key, tokenizer, chat)}
-    template = len(built[0][0])
-    if template > budget:
-        raise LongreachError(f"length {length} is smaller than the passkey template ({template + MAX_NEW_TOKENS})")
-    per_word = (len(_build(200, depth, key, tokenizer, chat)[0]) - template) / 200
-    low, high = 0, None  # low fits; high (when known) does not
-    guess = int((budget - template) / per_word)
-    while high is None or high - low > 1:
-        guess = min(max(guess, low + 1), high - 1) if high is not None else max(guess, low + 1)
-        built[guess] = _build(guess, depth, key, tokenizer, chat)
-        gap = budget - len(built[guess][0])
-        if gap >= 0:
-            low = guess
-            if gap <= 1:
-                break
-            guess += max(int(gap / per_word), 1)
-        else:
-            high = guess
-            guess -= max(int(-gap / per_word), 1)
-    ids, spans, context_end = built[low]
+    built = {}
+
+    def tokens(n_words: int) -> int:
+        built[n_words] = _build(n_words, depth, key, tokenizer, chat)
+        return len(built[n_words][0])
+
+    n_words = largest_fitting(tokens, budget, 0, 200)  # within 2 tokens of the budget
+    if n_words is None:
+        raise LongreachError(f"length {length} is smaller than the passkey template "
+                             f"({len(built[0][0]) + MAX_NEW_TOKENS})")
+    ids, spans, context_end = built[n_words]
     return Sample(ids, [str(key)], MAX_NEW_TOKENS, spans,
                   {"task": "passkey", "length": length, "depth": depth, "seed": seed}, context_end)
 
