@@ -87,3 +87,19 @@ def test_empty_prompt_is_refused():
     lm = tiny_lm()
     with pytest.raises(LongreachError, match="empty"):
         lm.generate([], max_new_tokens=4)
+
+
+def test_a_piece_is_yielded_before_the_next_token_is_computed(monkeypatch):
+    from longreach.engine.generator import Session
+
+    lm = tiny_lm()
+    steps = []
+    original = Session.step
+    monkeypatch.setattr(Session, "step", lambda self, token: steps.append(token) or original(self, token))
+    run = lm.run(prompt_ids(30), max_new_tokens=6)
+    seen = [len(steps) for _ in run]  # decoding steps done when each piece arrives
+    tokens = run.result.token_ids
+    assert len(steps) == len(tokens) - 1  # the last token needs no step after it
+    assert seen[0] < len(tokens) - 1 and seen == sorted(seen)
+    first_text = next(i for i in range(1, len(tokens) + 1) if lm.tokenizer.decode(tokens[:i], skip_special_tokens=True))
+    assert seen[0] == first_text - 1  # no step waited for before the first text went out

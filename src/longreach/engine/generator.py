@@ -234,14 +234,14 @@ class GenerationRun:
             if cut is not None:
                 text, finish = text[:cut], "stop"
                 break
-            if len(generated) < params.max_new_tokens:
-                logits = session.step(token)
             ready = len(text) - hold
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
                 ready = min(ready, len(text.rstrip("\ufffd")))
-            if ready > emitted:
+            if ready > emitted:  # before computing the next token: a piece is out as soon as it is known
                 yield text[emitted:ready]
                 emitted = ready
+            if len(generated) < params.max_new_tokens:
+                logits = session.step(token)
         if len(text) > emitted:
             yield text[emitted:]
         t2 = time.perf_counter()
