@@ -164,26 +164,33 @@ class QuestionPerHeadSelector(QuestionSelector):
         return chosen
 
 
-def _block_logits(request: SelectionRequest, n_queries: int, key_chunk: int):
+def _block_logits(request: SelectionRequest, n_queries: int, key_chunk: int, scale: float = 1.0):
     """Yield the question's logits against the memory, a run of whole blocks at a time:
-    [H, nq, blocks, block_size] for the last `n_queries` queries, unscaled, float32."""
-    q = request.q_global[0, :, -n_queries:].float()  # [H, nq, d]
+    [H, nq, blocks, block_size] for the last `n_queries` queries, times `scale`, float32.
+
+    Every run is written into the same buffer (use a run before asking for the next), small
+    enough to stay in the CPU cache for the reductions that follow: measured at 64K, runs of
+    2048 keys in one reused buffer score a layer in 47 ms, fresh tensors of 8192 keys in 84 ms.
+    """
+    q = request.q_global[0, :, -n_queries:].float() * scale  # [H, nq, d]
     bs = request.block_size
     parts = request.key_parts()
     if any(part.shape[2] % bs for part in parts[:-1]):  # a block would straddle two parts
         parts = [request.all_keys()]
     grouped = q.reshape(parts[0].shape[1], -1, q.shape[-1])  # [Hkv, G * nq, d]: GQA without copies
     step = max(key_chunk // bs, 1) * bs
+    buffer = grouped.new_empty(grouped.shape[0] * grouped.shape[1] * step)
     for keys in parts:
         keys = keys[0]  # [Hkv, n, d]
         whole = keys.shape[1] // bs * bs
         for start in range(0, whole, step):
             part = keys[:, start:min(start + step, whole)].to(q.device).float()
-            logits = torch.bmm(grouped, part.transpose(1, 2))  # [Hkv, G * nq, m]
-            yield logits.view(q.shape[0], q.shape[1], -1, bs)
+            out = buffer[:grouped.shape[0] * grouped.shape[1] * part.shape[1]].view(*grouped.shape[:2], -1)
+            logits = torch.bmm(grouped, part.transpose(1, 2), out=out)
+            yield logits.view(q.shape[0], q.shape[1], -1, bs)  # [Hkv, G * nq, m] as [H, nq, m / bs, bs]
 
 
-def block_match_z(request: SelectionRequest, n_queries: int, key_chunk: int = 8192) -> torch.Tensor:
+def block_match_z(request: SelectionRequest, n_queries: int, key_chunk: int = 2048) -> torch.Tensor:
     """[H, n_blocks]: each head's best logit over (query, key) pairs inside a block, as a z-score
     (minus the head's median block, over its spread). Scores a needle well until the memory holds
     a few hundred blocks; then chance maxima of other blocks catch up (see `block_mass_z`)."""
@@ -191,7 +198,7 @@ def block_match_z(request: SelectionRequest, n_queries: int, key_chunk: int = 81
     return standardise(torch.cat(best, dim=1))
 
 
-def block_mass_z(request: SelectionRequest, n_queries: int, key_chunk: int = 8192) -> torch.Tensor:
+def block_mass_z(request: SelectionRequest, n_queries: int, key_chunk: int = 2048) -> torch.Tensor:
     """[H, n_blocks]: how strongly each head singles out each block, question query by query.
 
     For one head and one query of the question, a block's score is the log of the attention mass
@@ -201,13 +208,12 @@ def block_mass_z(request: SelectionRequest, n_queries: int, key_chunk: int = 819
     above the rest for the query tokens that match it, while a block that merely holds one
     large logit by chance does not stand out in mass.
     """
-    mass = [_log_block_mass(logits, request.scale) for logits in _block_logits(request, n_queries, key_chunk)]
+    mass = [_log_block_mass(logits) for logits in _block_logits(request, n_queries, key_chunk, request.scale)]
     return standardise(torch.cat(mass, dim=-1)).amax(dim=1)
 
 
-def _log_block_mass(logits: torch.Tensor, scale: float) -> torch.Tensor:
-    """log sum exp(scale * logits) over the last dim, in place (3-4x faster than torch.logsumexp)."""
-    logits.mul_(scale)
+def _log_block_mass(logits: torch.Tensor) -> torch.Tensor:
+    """log sum exp(logits) over the last dim, in place (3-4x faster than torch.logsumexp)."""
     top = logits.amax(dim=-1, keepdim=True)
     return logits.sub_(top).exp_().sum(dim=-1).log_().add_(top[..., 0])
 
