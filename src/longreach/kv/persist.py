@@ -285,7 +285,7 @@ def load_session(lm, directory: Path, fingerprint: Fingerprint | None = None, ve
     try:
         if header_sha256(path) != manifest.header_sha256:
             raise CorruptMemory(f"{TENSORS_FILE}: header fails its checksum")
-        state = map_tensors(path, prefetch=_is_keys)
+        state = map_tensors(path, prefetch=_read_ahead)
     except (OSError, TensorFileError) as exc:
         raise CorruptMemory(str(exc)) from None
     last_logits = state.pop(LAST_LOGITS, None)
@@ -296,9 +296,12 @@ def load_session(lm, directory: Path, fingerprint: Fingerprint | None = None, ve
     return StoredMemory(lm, manifest, state, last_logits)
 
 
-def _is_keys(name: str) -> bool:
-    """Stored keys (plain or quantized): the part of a memory that block selection reads first."""
-    return name.rsplit(".", 1)[-1].startswith(("key", "tail_keys"))
+def _read_ahead(name: str) -> bool:
+    """Every tensor a question reads whole: keys (block selection scores all of them), recent and
+    sink tokens, method buffers; not the values of offloaded memory, of which a question reads
+    only the blocks it selects."""
+    parts = name.split(".")
+    return not (len(parts) > 2 and parts[1] == "cold" and parts[-1].startswith("value"))
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:

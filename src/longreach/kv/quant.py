@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .readahead import will_need_rows
+
 
 @dataclass(frozen=True, slots=True)
 class QuantSpec:
@@ -277,6 +279,9 @@ class QuantizedSegment:
 
     def _gather_own(self, index: torch.Tensor):
         rows = index + self._start
+        if self._adopted:  # perhaps a mapped file still on disk: ask for every selected run at once
+            for part in (self._v.codes, self._v.scale, self._v.zero):
+                will_need_rows(part, rows)
         return (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype),
                 self._positions.index_select(0, rows))
 

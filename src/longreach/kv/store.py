@@ -12,6 +12,7 @@ from collections import defaultdict
 import torch
 
 from .quant import QuantizedSegment, QuantSpec
+from .readahead import will_need_rows
 
 
 class KVSegment:
@@ -174,6 +175,7 @@ class KVSegment:
     def gather(self, index: torch.Tensor, device: torch.device | None = None):
         """(keys, values, positions) of the tokens at `index` (a 1-D tensor), moved to `device`."""
         index = index.to(self.device)
+        self._hint_values(index)
         if self._base is None:
             index = index + self._start
             out = (self._keys.index_select(2, index), self._values.index_select(2, index),
@@ -187,6 +189,13 @@ class KVSegment:
         if device is not None and torch.device(device) != self.device:
             out = tuple(t.to(device, non_blocking=True) for t in out)
         return out
+
+    def _hint_values(self, index: torch.Tensor) -> None:
+        """Adopted values may be a mapped file still on disk: ask for every selected run at once."""
+        if self._base is not None:
+            will_need_rows(self._base[1], index[index < self._base_len])
+        elif self._adopted:
+            will_need_rows(self._values[:, :, self._start:self._end], index)
 
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
         """(keys, values) [B, Hkv, m, d] where KV head h takes the tokens at `index[h]` ([Hkv, m])."""

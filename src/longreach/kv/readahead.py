@@ -1,0 +1,61 @@
+"""Read-ahead hints for tensors whose pages may still be on disk (a memory-mapped stored context).
+
+Gathering a few blocks of a mapped tensor faults its pages in one range after another, each
+waiting for the disk. Hinting every range first lets the OS read them all at once; for memory
+that is already resident (or not backed by a file) the hint costs a system call and does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+
+import torch
+
+_MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
+
+
+def _load_madvise():
+    if _MADV_WILLNEED is None:  # not a POSIX system
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError, TypeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_madvise = _load_madvise()
+
+
+def runs(index: torch.Tensor) -> list[tuple[int, int]]:
+    """Sorted runs [start, stop) of consecutive values in a 1-D index."""
+    if index.numel() == 0:
+        return []
+    values = index.unique(sorted=True)
+    breaks = (values[1:] - values[:-1] != 1).nonzero()[:, 0] + 1
+    starts = torch.cat((values[:1], values[breaks])).tolist()
+    stops = torch.cat((values[breaks - 1] + 1, values[-1:] + 1)).tolist()
+    return list(zip(starts, stops, strict=True))
+
+
+def will_need_rows(tensor: torch.Tensor, index: torch.Tensor) -> None:
+    """Hint the OS to read rows `index` (along dim 2) of a CPU tensor [B, H, n, d] whose rows are
+    contiguous, for every (B, H) slice."""
+    if _madvise is None or tensor.device.type != "cpu" or tensor.stride(3) != 1 or tensor.shape[3] != tensor.stride(2):
+        return
+    item, page = tensor.element_size(), mmap.PAGESIZE
+    row_bytes = tensor.stride(2) * item
+    base = tensor.data_ptr()
+    spans = runs(index)
+    for b in range(tensor.shape[0]):
+        for h in range(tensor.shape[1]):
+            head = base + (b * tensor.stride(0) + h * tensor.stride(1)) * item
+            for start, stop in spans:
+                first = head + start * row_bytes
+                aligned = first - first % page
+                _madvise(aligned, first + (stop - start) * row_bytes - aligned, _MADV_WILLNEED)
