@@ -82,7 +82,7 @@ def test_loading_reads_ahead_all_but_the_memory_values(tmp_path, monkeypatch, kv
     hinted = threading.Event()
     ranges: list = []
 
-    def record(mapped, wanted):
+    def record(wanted):
         ranges.extend(wanted)
         hinted.set()
 
@@ -92,21 +92,19 @@ def test_loading_reads_ahead_all_but_the_memory_values(tmp_path, monkeypatch, kv
     session = lm.new_session()
     session.prefill(prompt_ids(200), 64)
     save_session(session, tmp_path / "ctx", Fingerprint.of(lm), prompt_ids(200))
-    load_session(lm, tmp_path / "ctx")
+    memory = load_session(lm, tmp_path / "ctx")
     assert hinted.wait(10)
-    raw = (tmp_path / "ctx" / TENSORS_FILE).read_bytes()
-    size = int.from_bytes(raw[:8], "little")
-    header = {n: i for n, i in json.loads(raw[8:8 + size]).items() if n != "__metadata__"}
-    skipped = {n for n in header if ".cold.memory.value" in n}
-    layers_with_memory = {n.split(".")[0] for n in header if ".cold.memory.key" in n}
+    tensors = {**memory.state, LAST_LOGITS: memory.last_logits} if memory.last_logits is not None else memory.state
+    at = {t.data_ptr(): name for name, t in tensors.items() if t.numel()}
+    assert all(length == tensors[at[address]].nbytes for address, length in ranges)
+    hinted_names = [at[address] for address, _ in ranges]
+    skipped = set(at.values()) - set(hinted_names)
+    layers_with_memory = {n.split(".")[0] for n in tensors if ".cold.memory.key" in n}
     assert layers_with_memory and {n.split(".")[0] for n in skipped} == layers_with_memory
-    wanted = {8 + size + info["data_offsets"][0]: n for n, info in header.items()
-              if n not in skipped and info["data_offsets"][1] > info["data_offsets"][0]}
-    assert sorted(start for start, _ in ranges) == sorted(wanted)
-    at = {8 + size + info["data_offsets"][0]: name for name, info in header.items()}
-    layers = [int(at[start].split(".")[0]) for start, _ in ranges if at[start][0].isdigit()]
+    assert all(".cold.memory.value" in n for n in skipped)  # only the offloaded memory's values (or codes)
+    layers = [int(n.split(".")[0]) for n in hinted_names if n[0].isdigit()]
     assert layers == sorted(layers)  # layer by layer, as a forward pass reads them
-    floats = [r for r in ranges if header[at[r[0]]]["dtype"] == "F32"]
+    floats = [r for r in ranges if tensors[at[r[0]]].dtype == torch.float32]
     assert floats == sorted(floats)  # tensors of one element size: also file order, one sequential read
 
 

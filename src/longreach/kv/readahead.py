@@ -43,19 +43,27 @@ def runs(index: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(starts, stops, strict=True))
 
 
+def will_need(address: int, length: int) -> None:
+    """Hint the OS to read the pages of [address, address + length) of this process's memory.
+
+    Called through ctypes, the system call runs without the GIL: a hint that waits for a busy
+    disk queue does not stop the caller's other threads."""
+    if _madvise is None or length <= 0:
+        return
+    aligned = address - address % mmap.PAGESIZE
+    _madvise(aligned, address + length - aligned, _MADV_WILLNEED)
+
+
 def will_need_rows(tensor: torch.Tensor, index: torch.Tensor) -> None:
     """Hint the OS to read rows `index` (along dim 2) of a CPU tensor [B, H, n, d] whose rows are
     contiguous, for every (B, H) slice."""
     if _madvise is None or tensor.device.type != "cpu" or tensor.stride(3) != 1 or tensor.shape[3] != tensor.stride(2):
         return
-    item, page = tensor.element_size(), mmap.PAGESIZE
+    item = tensor.element_size()
     row_bytes = tensor.stride(2) * item
-    base = tensor.data_ptr()
     spans = runs(index)
     for b in range(tensor.shape[0]):
         for h in range(tensor.shape[1]):
-            head = base + (b * tensor.stride(0) + h * tensor.stride(1)) * item
+            head = tensor.data_ptr() + (b * tensor.stride(0) + h * tensor.stride(1)) * item
             for start, stop in spans:
-                first = head + start * row_bytes
-                aligned = first - first % page
-                _madvise(aligned, first + (stop - start) * row_bytes - aligned, _MADV_WILLNEED)
+                will_need(head + start * row_bytes, (stop - start) * row_bytes)
