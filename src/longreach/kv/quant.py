@@ -293,7 +293,7 @@ class QuantizedSegment:
             in_base = index < self._base_len
             first = self._base.gather(index[in_base])
             rest = self._gather_own(index[~in_base] - self._base_len)
-            out = tuple(_interleave(a, b, in_base, dim) for a, b, dim in zip(first, rest, (2, 2, 0), strict=True))
+            out = tuple(interleave(a, b, in_base, dim) for a, b, dim in zip(first, rest, (2, 2, 0), strict=True))
         return out if device is None else tuple(t.to(device) for t in out)
 
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
@@ -352,8 +352,7 @@ class QuantizedSegment:
     def _split_adopted(self, extra: int) -> None:
         """Make the adopted quantized rows a read-only base; keep the rows after them (the key
         tail, still in full precision, and its values' codes) in a fresh buffer with room for `extra`."""
-        base = QuantizedSegment.__new__(QuantizedSegment)
-        base.device, base.dtype, base.spec = self.device, self.dtype, self.spec
+        base = self._shell()
         base._k, base._v, base._positions = self._k, self._v, self._positions
         base._tail_k, base._start, base._qend = self._tail_k[:, :, :0], self._start, self._qend
         base._adopted, base._base = True, None
@@ -439,14 +438,19 @@ class QuantizedSegment:
         self._reset_rotated()
         self._adopted, self._base = True, None
 
+    def _shell(self) -> QuantizedSegment:
+        """A segment with this one's device, dtype and quantization, holding no storage yet."""
+        shell = QuantizedSegment.__new__(QuantizedSegment)
+        shell.device, shell.dtype, shell.spec = self.device, self.dtype, self.spec
+        return shell
+
     def clone(self) -> QuantizedSegment:
-        copy = QuantizedSegment.__new__(QuantizedSegment)
-        copy.device, copy.dtype, copy.spec = self.device, self.dtype, self.spec
+        copy = self._shell()
         copy.load_state_dict({name: t.clone() for name, t in self.state_dict().items()})
         return copy
 
 
-def _interleave(first: torch.Tensor, rest: torch.Tensor, in_first: torch.Tensor, dim: int) -> torch.Tensor:
+def interleave(first: torch.Tensor, rest: torch.Tensor, in_first: torch.Tensor, dim: int) -> torch.Tensor:
     """Rows of `first` where `in_first` is true and of `rest` elsewhere, in index order along `dim`."""
     shape = list(first.shape)
     shape[dim] = in_first.shape[0]

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import torch
 
-from .quant import QuantizedSegment, QuantSpec
+from .quant import QuantizedSegment, QuantSpec, interleave
 from .readahead import will_need_rows
 
 
@@ -251,13 +251,8 @@ class KVSegment:
 def _pick(base: torch.Tensor, buffer: torch.Tensor, index: torch.Tensor, in_base: torch.Tensor,
           n_base: int, dim: int) -> torch.Tensor:
     """Rows `index` along `dim` of base ++ buffer, without concatenating them."""
-    shape = list(base.shape)
-    shape[dim] = index.shape[0]
-    out = base.new_empty(shape)
-    out.index_copy_(dim, in_base.nonzero()[:, 0], base.index_select(dim, index[in_base]))
-    rest = ~in_base
-    out.index_copy_(dim, rest.nonzero()[:, 0], buffer.index_select(dim, index[rest] - n_base))
-    return out
+    return interleave(base.index_select(dim, index[in_base]),
+                      buffer.index_select(dim, index[~in_base] - n_base), in_base, dim)
 
 
 class GrowingBuffer:
