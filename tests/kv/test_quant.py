@@ -3,7 +3,7 @@ import torch
 from segment_checks import assert_same_reads
 from transformers import LlamaConfig
 
-from longreach.kv import KVStore, QuantSpec
+from longreach.kv import KVStore, QuantizedSegment, QuantSpec
 from longreach.kv.quant import pack, quantize, unpack
 from longreach.rope import RotaryEmbedding
 
@@ -133,3 +133,18 @@ def test_adopted_codes_are_not_copied_when_the_segment_grows():
     assert seg._base is None and torch.equal(seg.keys, reference.keys)
     for name, tensor in state.items():
         assert torch.equal(adopted[name], tensor)  # never written
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_key_runs_are_dequantized_one_by_one_and_join_to_the_keys(bits):
+    torch.manual_seed(0)
+    live = QuantizedSegment(1, 2, 8, torch.float32, torch.device("cpu"), QuantSpec(bits, 32))
+    live.append(torch.randn(1, 2, 256, 8), torch.randn(1, 2, 256, 8), torch.arange(256))
+    seg = QuantizedSegment(1, 2, 8, torch.float32, torch.device("cpu"), QuantSpec(bits, 32))
+    seg.load_state_dict({name: t.clone() for name, t in live.state_dict().items()})
+    seg.append(torch.randn(1, 2, 80, 8), torch.randn(1, 2, 80, 8), torch.arange(256, 336))  # a stored base + more
+    for step, align in ((64, 64), (128, 32), (1000, 16), (200, 100)):  # 256 % 100: the base is joined first
+        runs = list(seg.key_runs(step, align))
+        assert all(0 < run.shape[2] <= step for run in runs)
+        assert all(sum(run.shape[2] for run in runs[:i]) % align == 0 for i in range(len(runs)))
+        assert torch.equal(torch.cat(runs, 2), seg.keys)

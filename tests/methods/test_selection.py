@@ -6,7 +6,7 @@ import pytest
 import torch
 from references import FixedDistanceConfig
 
-from longreach.kv import KVStore
+from longreach.kv import KVStore, QuantSpec
 from longreach.methods.selection import SELECTORS, SelectionRequest, block_mass_z, block_match_z, consensus
 from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
@@ -129,7 +129,7 @@ def test_block_scores_read_a_stored_memory_in_parts_and_any_chunk_size(score):
     memory.append(keys[:, :, 32:], keys[:, :, 32:], torch.arange(32, 48))
     request = _request(q, None)
     request.memory = memory
-    assert len(request.key_parts()) == 2 and request.n_tokens == 48
+    assert [run.shape[2] for run in request.key_runs(8)] == [8, 8, 8, 8, 8, 8] and request.n_tokens == 48
     for chunk in (10, 8, 4096):  # 10 is not a multiple of the block size
         torch.testing.assert_close(score(request, n_queries=3, key_chunk=chunk), expected)
     assert len(memory.key_parts()) == 2  # scoring did not join the parts
@@ -175,3 +175,21 @@ def test_cluster_scores_equal_exact_key_scores_when_every_key_is_its_own_centroi
     request = _request(q, keys)
     request.reprs = reprs  # [n, B, H, r, d]
     torch.testing.assert_close(selector.question_z(request), block_match_z(request, n_queries=3))
+
+
+@pytest.mark.parametrize("score", [block_match_z, block_mass_z])
+def test_block_scores_of_a_quantized_memory_are_those_of_its_dequantized_keys(score):
+    torch.manual_seed(0)
+    q, keys = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 64, 8)  # 16 blocks of 4
+    store = KVStore(1, 2, 8, torch.float32, "cpu", quant=QuantSpec(8, 8))
+    memory = store[0].segment("memory")
+    memory.append(keys[:, :, :40], keys[:, :, :40], torch.arange(40))
+    restored = KVStore(1, 2, 8, torch.float32, "cpu", quant=QuantSpec(8, 8))[0].segment("memory")
+    restored.load_state_dict({name: t.clone() for name, t in memory.state_dict().items()})
+    restored.append(keys[:, :, 40:], keys[:, :, 40:], torch.arange(40, 64))
+    assert type(restored).__name__ == "QuantizedSegment" and not torch.equal(restored.keys, keys)
+    expected = score(_request(q, restored.keys), n_queries=3)
+    request = _request(q, None)
+    request.memory = restored
+    for chunk in (8, 12, 4096):
+        torch.testing.assert_close(score(request, n_queries=3, key_chunk=chunk), expected)

@@ -15,6 +15,7 @@ keeps the saving.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -253,6 +254,17 @@ class QuantizedSegment:
     def n_kv_heads(self) -> int:
         return self._tail_k.shape[1]
 
+    def key_runs(self, step: int, align: int = 1) -> Iterator[torch.Tensor]:
+        """As `KVSegment.key_runs`, each run dequantized only when asked for: scoring the whole
+        memory never holds all of its keys in full precision."""
+        if self._base is not None and len(self._base) % align:
+            yield from split_runs(self.keys, step)
+            return
+        if self._base is not None:
+            yield from self._base.key_runs(step, align)
+        for a in range(self._start, self._end, step):
+            yield self._read(self._k, self._tail_k, a, min(a + step, self._end))
+
     def key_parts(self) -> list[torch.Tensor]:
         """The dequantized keys in token order: [base, rest] for an extended stored context."""
         if self._base is None:
@@ -448,6 +460,11 @@ class QuantizedSegment:
         copy = self._shell()
         copy.load_state_dict({name: t.clone() for name, t in self.state_dict().items()})
         return copy
+
+
+def split_runs(x: torch.Tensor, step: int) -> Iterator[torch.Tensor]:
+    """Views of x [B, H, n, d] along dim 2, `step` rows at a time."""
+    return (x[:, :, a:a + step] for a in range(0, x.shape[2], step))
 
 
 def interleave(first: torch.Tensor, rest: torch.Tensor, in_first: torch.Tensor, dim: int) -> torch.Tensor:

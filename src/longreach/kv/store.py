@@ -8,10 +8,11 @@ each segment lives on (CPU memory while computing on a GPU), and byte accounting
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 
 import torch
 
-from .quant import QuantizedSegment, QuantSpec, interleave
+from .quant import QuantizedSegment, QuantSpec, interleave, split_runs
 from .readahead import will_need_rows
 
 
@@ -65,6 +66,16 @@ class KVSegment:
         """The keys as views in token order, without copying: [base, buffer] or [buffer]."""
         live = self._keys[:, :, self._start:self._end]
         return [live] if self._base is None else [t for t in (self._base[0], live) if t.shape[2]]
+
+    def key_runs(self, step: int, align: int = 1) -> Iterator[torch.Tensor]:
+        """The keys in token order as views of at most `step` tokens (a multiple of `align`); a run
+        ends on a multiple of `align` tokens unless it ends the segment (a stored base of another
+        length is joined to the buffer first)."""
+        parts = self.key_parts()
+        if any(part.shape[2] % align for part in parts[:-1]):
+            parts = [self.keys]
+        for part in parts:
+            yield from split_runs(part, step)
 
     def _merge_base(self) -> None:
         """Copy the read-only base into the buffer (for callers that need one contiguous tensor)."""

@@ -8,12 +8,14 @@ all heads ([k]) or one set per KV head ([Hkv, k]).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from ..attention import attend, received_mass
 from ..clustering import kmeans
+from ..kv.quant import split_runs
 
 
 @dataclass
@@ -29,10 +31,14 @@ class SelectionRequest:
     last_block_of_chunk: bool
     memory: object = None  # the memory segment itself (read in parts, see `key_parts`)
 
-    def key_parts(self) -> list[torch.Tensor]:
-        """The memory keys as views in token order: a stored context's mapped keys and the keys
-        evicted since are two parts, read without copying them together."""
-        return [self.memory_keys] if self.memory is None else self.memory.key_parts()
+    def key_runs(self, step: int) -> Iterator[torch.Tensor]:
+        """The memory keys [B, Hkv, m, d] in token order, `step` tokens at a time (a multiple of the
+        block size), each run ending on a block unless it ends the memory. A stored context's mapped
+        keys and the keys evicted since are read without copying them together; a quantized memory
+        is dequantized one run at a time."""
+        if self.memory is None:
+            return split_runs(self.memory_keys, step)
+        return self.memory.key_runs(step, self.block_size)
 
     def all_keys(self) -> torch.Tensor:
         """The memory keys as one tensor [B, Hkv, n, d] (a copy when they are in parts)."""
@@ -174,20 +180,17 @@ def _block_logits(request: SelectionRequest, n_queries: int, key_chunk: int, sca
     """
     q = request.q_global[0, :, -n_queries:].float() * scale  # [H, nq, d]
     bs = request.block_size
-    parts = request.key_parts()
-    if any(part.shape[2] % bs for part in parts[:-1]):  # a block would straddle two parts
-        parts = [request.all_keys()]
-    grouped = q.reshape(parts[0].shape[1], -1, q.shape[-1])  # [Hkv, G * nq, d]: GQA without copies
+    grouped = q.reshape(request.n_kv_heads, -1, q.shape[-1])  # [Hkv, G * nq, d]: GQA without copies
     step = max(key_chunk // bs, 1) * bs
     buffer = grouped.new_empty(grouped.shape[0] * grouped.shape[1] * step)
-    for keys in parts:
-        keys = keys[0]  # [Hkv, n, d]
-        whole = keys.shape[1] // bs * bs
-        for start in range(0, whole, step):
-            part = keys[:, start:min(start + step, whole)].to(q.device).float()
-            out = buffer[:grouped.shape[0] * grouped.shape[1] * part.shape[1]].view(*grouped.shape[:2], -1)
-            logits = torch.bmm(grouped, part.transpose(1, 2), out=out)
-            yield logits.view(q.shape[0], q.shape[1], -1, bs)  # [Hkv, G * nq, m] as [H, nq, m / bs, bs]
+    for keys in request.key_runs(step):
+        whole = keys.shape[2] // bs * bs  # a partial block can only end the memory
+        if not whole:
+            continue
+        part = keys[0, :, :whole].to(q.device).float()  # [Hkv, m, d]
+        out = buffer[:grouped.shape[0] * grouped.shape[1] * whole].view(*grouped.shape[:2], whole)
+        logits = torch.bmm(grouped, part.transpose(1, 2), out=out)
+        yield logits.view(q.shape[0], q.shape[1], -1, bs)  # [Hkv, G * nq, m] as [H, nq, m / bs, bs]
 
 
 def block_match_z(request: SelectionRequest, n_queries: int, key_chunk: int = 2048) -> torch.Tensor:
