@@ -8,7 +8,6 @@ that is already resident (or not backed by a file) the hint costs a system call 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 
 import torch
@@ -20,8 +19,7 @@ def _load_madvise():
     if _MADV_WILLNEED is None:  # not a POSIX system
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        madvise = libc.madvise
+        madvise = ctypes.CDLL(None, use_errno=True).madvise  # libc, already loaded in the process
     except (OSError, AttributeError, TypeError):
         return None
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
