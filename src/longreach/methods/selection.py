@@ -29,7 +29,7 @@ class SelectionRequest:
     scale: float
     phase: str  # "prefill", "final" (the prompt's last chunk) or "decode"
     last_block_of_chunk: bool
-    memory: object = None  # the memory segment itself (read in parts, see `key_parts`)
+    memory: object = None  # the memory segment itself (read in runs, see `key_runs`)
 
     def key_runs(self, step: int) -> Iterator[torch.Tensor]:
         """The memory keys [B, Hkv, m, d] in token order, `step` tokens at a time (a multiple of the
