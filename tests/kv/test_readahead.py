@@ -70,3 +70,45 @@ def test_gathering_from_an_adopted_quantized_segment_hints_its_value_codes(monke
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert len(calls) == 3 * 2  # codes, scales and zero points of both heads: one run each
     assert calls[0][0] <= restored._v.codes[0, 0, 64].data_ptr() < calls[0][0] + calls[0][1]
+
+
+def test_per_head_rows_hint_each_head_its_own_runs_and_skip_rows_outside(monkeypatch):
+    calls = _recorder(monkeypatch)
+    values = torch.zeros(1, 2, 1024, 64)  # rows of 256 bytes
+    readahead.will_need_rows(values, torch.tensor([[10, 11, -1, 5000], [700, 701, 702, 900]]))
+    row = 256
+    expected = [(0, 10, 12), (1, 700, 703), (1, 900, 901)]
+    assert len(calls) == len(expected)
+    for (addr, length, _), (head, start, stop) in zip(calls, expected, strict=True):
+        first = values.data_ptr() + (head * 1024 + start) * row
+        assert addr <= first < addr + mmap.PAGESIZE and addr + length == first + (stop - start) * row
+
+
+def test_gathering_per_head_from_adopted_tensors_hints_each_heads_values(monkeypatch):
+    keys, values = torch.randn(1, 2, 300, 8), torch.randn(1, 2, 300, 8)
+    segment = KVSegment(1, 2, 8, torch.float32, torch.device("cpu"))
+    segment.load_state_dict({"keys": keys, "values": values, "positions": torch.arange(300)})
+    segment.append(torch.randn(1, 2, 20, 8), torch.randn(1, 2, 20, 8), torch.arange(300, 320))
+    calls = _recorder(monkeypatch)
+    index = torch.tensor([[5, 6, 310], [200, 201, 305]])
+    got_keys, got_values = segment.gather_per_head(index)
+    assert torch.equal(got_values[0, 0, :2], values[0, 0, [5, 6]])
+    assert torch.equal(got_keys[0, 1, :2], keys[0, 1, [200, 201]])
+    row = 8 * 4
+    heads = [values.data_ptr() + (h * 300 + start) * row for h, start in ((0, 5), (1, 200))]
+    assert len(calls) == 2  # one run per head in the adopted values; rows 305/310 were appended here
+    for (addr, length, _), first in zip(calls, heads, strict=True):
+        assert addr <= first < addr + mmap.PAGESIZE and addr + length == first + 2 * row
+
+
+def test_gathering_per_head_from_an_adopted_quantized_segment_hints_its_value_codes(monkeypatch):
+    live = QuantizedSegment(1, 2, 8, torch.float32, torch.device("cpu"), QuantSpec(8, 64))
+    live.append(torch.randn(1, 2, 256, 8), torch.randn(1, 2, 256, 8), torch.arange(256))
+    restored = QuantizedSegment(1, 2, 8, torch.float32, torch.device("cpu"), QuantSpec(8, 64))
+    restored.load_state_dict({name: t.clone() for name, t in live.state_dict().items()})
+    calls = _recorder(monkeypatch)
+    index = torch.stack((torch.arange(0, 64), torch.arange(128, 192)))
+    for got, expected in zip(restored.gather_per_head(index), live.gather_per_head(index), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert len(calls) == 3 * 2  # codes, scales and zero points: one run for each head
+    assert calls[1][0] <= restored._v.codes[0, 1, 128].data_ptr() < calls[1][0] + calls[1][1]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .readahead import will_need_rows
+from .rows import interleave, rows_of, split_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +100,10 @@ class _Codes:
 
     def read(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Dequantized [B, H, m, d] for storage rows [m] (every head) or [H, m] (one set per head)."""
-        codes = unpack(_rows(self.codes, rows), self.spec.bits).float()
+        codes = unpack(rows_of(self.codes, rows), self.spec.bits).float()
         b, h, n, d = codes.shape
         scale_rows = rows // self.spec.group if self.per_channel else rows
-        scale, zero = _rows(self.scale, scale_rows).float(), _rows(self.zero, scale_rows).float()
+        scale, zero = rows_of(self.scale, scale_rows).float(), rows_of(self.zero, scale_rows).float()
         if self.per_channel:
             x = codes * scale + zero
         else:
@@ -232,10 +233,10 @@ class QuantizedSegment:
         """Rows [m] (every head) or [Hkv, m] (per head) of keys or values."""
         in_tail = rows >= self._qend
         if self._qend == 0:
-            return _rows(tail, rows - self._qend)
+            return rows_of(tail, rows - self._qend)
         out = codes.read(rows.clamp(max=self._qend - 1), self.dtype)
         if bool(in_tail.any()):
-            taken = _rows(tail, (rows - self._qend).clamp(min=0))
+            taken = rows_of(tail, (rows - self._qend).clamp(min=0))
             mask = in_tail if in_tail.dim() == 2 else in_tail.expand(out.shape[1], -1)
             out = torch.where(mask[None, :, :, None], taken, out)
         return out
@@ -289,11 +290,16 @@ class QuantizedSegment:
                 zip(self._base.slice(start, n_base), own, strict=True), (2, 2, 0), strict=True))
         return own
 
-    def _gather_own(self, index: torch.Tensor):
-        rows = index + self._start
-        if self._adopted:  # perhaps a mapped file still on disk: ask for every selected run at once
+    def _hint_values(self, rows: torch.Tensor) -> None:
+        """Adopted codes may be a mapped file still on disk: ask for every selected run at once.
+        `rows`: [m] rows of every head or [Hkv, m] rows per head."""
+        if self._adopted:
             for part in (self._v.codes, self._v.scale, self._v.zero):
                 will_need_rows(part, rows)
+
+    def _gather_own(self, index: torch.Tensor):
+        rows = index + self._start
+        self._hint_values(rows)
         return (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype),
                 self._positions.index_select(0, rows))
 
@@ -312,6 +318,7 @@ class QuantizedSegment:
         index = index.to(self.device)  # [Hkv, m]
         n_base = self._base_len
         rows = (index - n_base).clamp(min=0) + self._start
+        self._hint_values(torch.where(index < n_base, -1, rows))
         out = (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype))
         if n_base:
             first = self._base.gather_per_head(index.clamp(max=n_base - 1))
@@ -460,25 +467,3 @@ class QuantizedSegment:
         copy = self._shell()
         copy.load_state_dict({name: t.clone() for name, t in self.state_dict().items()})
         return copy
-
-
-def split_runs(x: torch.Tensor, step: int) -> Iterator[torch.Tensor]:
-    """Views of x [B, H, n, d] along dim 2, `step` rows at a time."""
-    return (x[:, :, a:a + step] for a in range(0, x.shape[2], step))
-
-
-def interleave(first: torch.Tensor, rest: torch.Tensor, in_first: torch.Tensor, dim: int) -> torch.Tensor:
-    """Rows of `first` where `in_first` is true and of `rest` elsewhere, in index order along `dim`."""
-    shape = list(first.shape)
-    shape[dim] = in_first.shape[0]
-    out = first.new_empty(shape)
-    out.index_copy_(dim, in_first.nonzero()[:, 0], first)
-    return out.index_copy_(dim, (~in_first).nonzero()[:, 0], rest)
-
-
-def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """x [B, H, t, d] at rows [m] (every head) or [H, m] (one set of rows per head)."""
-    if rows.dim() == 1:
-        return x.index_select(2, rows)
-    b, h, _, d = x.shape
-    return x.gather(2, rows[None, :, :, None].expand(b, h, rows.shape[1], d))

@@ -54,14 +54,17 @@ def will_need(address: int, length: int) -> None:
 
 def will_need_rows(tensor: torch.Tensor, index: torch.Tensor) -> None:
     """Hint the OS to read rows `index` (along dim 2) of a CPU tensor [B, H, n, d] whose rows are
-    contiguous, for every (B, H) slice."""
+    contiguous: `index` [m] names the rows of every head, [H, m] the rows of each head. Rows
+    outside [0, n) are ignored (a caller may pass indices that span several tensors)."""
     if _madvise is None or tensor.device.type != "cpu" or tensor.stride(3) != 1 or tensor.shape[3] != tensor.stride(2):
         return
     item = tensor.element_size()
     row_bytes = tensor.stride(2) * item
-    spans = runs(index)
+    inside = (index >= 0) & (index < tensor.shape[2])
+    shared = runs(index[inside]) if index.dim() == 1 else None
     for b in range(tensor.shape[0]):
         for h in range(tensor.shape[1]):
             head = tensor.data_ptr() + (b * tensor.stride(0) + h * tensor.stride(1)) * item
+            spans = shared if shared is not None else runs(index[h][inside[h]])
             for start, stop in spans:
                 will_need(head + start * row_bytes, (stop - start) * row_bytes)

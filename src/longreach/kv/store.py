@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import torch
 
-from .quant import QuantizedSegment, QuantSpec, interleave, split_runs
+from .quant import QuantizedSegment, QuantSpec
 from .readahead import will_need_rows
+from .rows import interleave, split_runs
 
 
 class KVSegment:
@@ -202,15 +203,17 @@ class KVSegment:
         return out
 
     def _hint_values(self, index: torch.Tensor) -> None:
-        """Adopted values may be a mapped file still on disk: ask for every selected run at once."""
+        """Adopted values may be a mapped file still on disk: ask for every selected run at once.
+        `index`: [m] rows of every head or [Hkv, m] rows per head."""
         if self._base is not None:
-            will_need_rows(self._base[1], index[index < self._base_len])
+            will_need_rows(self._base[1], index)
         elif self._adopted:
             will_need_rows(self._values[:, :, self._start:self._end], index)
 
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
         """(keys, values) [B, Hkv, m, d] where KV head h takes the tokens at `index[h]` ([Hkv, m])."""
         index = index.to(self.device)
+        self._hint_values(index)
         parts = [(self._keys[:, :, self._start:self._end], self._values[:, :, self._start:self._end],
                   index - self._base_len)]
         if self._base is not None:

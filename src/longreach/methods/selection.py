@@ -15,7 +15,7 @@ import torch
 
 from ..attention import attend, received_mass
 from ..clustering import kmeans
-from ..kv.quant import split_runs
+from ..kv.rows import split_runs
 
 
 @dataclass
