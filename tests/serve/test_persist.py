@@ -82,7 +82,7 @@ def test_loading_reads_ahead_all_but_the_memory_values(tmp_path, monkeypatch, kv
     hinted = threading.Event()
     ranges: list = []
 
-    def record(wanted):
+    def record(wanted, mapped):
         ranges.extend(wanted)
         hinted.set()
 

@@ -257,7 +257,9 @@ class QuantizedSegment:
 
     def key_runs(self, step: int, align: int = 1) -> Iterator[torch.Tensor]:
         """As `KVSegment.key_runs`, each run dequantized only when asked for: scoring the whole
-        memory never holds all of its keys in full precision."""
+        memory never holds all of its keys in full precision, unless a stored base's length is not
+        a multiple of `align` (then all keys are dequantized at once)."""
+        assert step % align == 0, "the run length must be a multiple of the alignment"
         if self._base is not None and len(self._base) % align:
             yield from split_runs(self.keys, step)
             return
@@ -291,8 +293,7 @@ class QuantizedSegment:
         return own
 
     def _hint_values(self, rows: torch.Tensor) -> None:
-        """Adopted codes may be a mapped file still on disk: ask for every selected run at once.
-        `rows`: [m] rows of every head or [Hkv, m] rows per head."""
+        """As `KVSegment._hint_values`, for the value codes, scales and zero points."""
         if self._adopted:
             for part in (self._v.codes, self._v.scale, self._v.zero):
                 will_need_rows(part, rows)
@@ -318,7 +319,8 @@ class QuantizedSegment:
         index = index.to(self.device)  # [Hkv, m]
         n_base = self._base_len
         rows = (index - n_base).clamp(min=0) + self._start
-        self._hint_values(torch.where(index < n_base, -1, rows))
+        if self._adopted:
+            self._hint_values(torch.where(index < n_base, -1, rows))
         out = (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype))
         if n_base:
             first = self._base.gather_per_head(index.clamp(max=n_base - 1))

@@ -55,16 +55,32 @@ def will_need(address: int, length: int) -> None:
 def will_need_rows(tensor: torch.Tensor, index: torch.Tensor) -> None:
     """Hint the OS to read rows `index` (along dim 2) of a CPU tensor [B, H, n, d] whose rows are
     contiguous: `index` [m] names the rows of every head, [H, m] the rows of each head. Rows
-    outside [0, n) are ignored (a caller may pass indices that span several tensors)."""
+    outside [0, n) are ignored (a caller may pass indices that span several tensors). Runs that
+    share or touch a page are hinted together: scattered rows cost one call per page range."""
     if _madvise is None or tensor.device.type != "cpu" or tensor.stride(3) != 1 or tensor.shape[3] != tensor.stride(2):
         return
     item = tensor.element_size()
     row_bytes = tensor.stride(2) * item
     inside = (index >= 0) & (index < tensor.shape[2])
     shared = runs(index[inside]) if index.dim() == 1 else None
+    ranges = []
     for b in range(tensor.shape[0]):
         for h in range(tensor.shape[1]):
             head = tensor.data_ptr() + (b * tensor.stride(0) + h * tensor.stride(1)) * item
             spans = shared if shared is not None else runs(index[h][inside[h]])
-            for start, stop in spans:
-                will_need(head + start * row_bytes, (stop - start) * row_bytes)
+            ranges.extend((head + start * row_bytes, (stop - start) * row_bytes) for start, stop in spans)
+    for address, length in page_ranges(ranges):
+        will_need(address, length)
+
+
+def page_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(address, length) ranges widened to page boundaries, sorted, with those that overlap or
+    sit on adjacent pages merged into one."""
+    page = mmap.PAGESIZE
+    merged: list[list[int]] = []
+    for start, end in sorted((a - a % page, a + n) for a, n in ranges if n > 0):
+        if merged and start <= -(-merged[-1][1] // page) * page:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end - start) for start, end in merged]

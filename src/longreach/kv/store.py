@@ -70,8 +70,9 @@ class KVSegment:
 
     def key_runs(self, step: int, align: int = 1) -> Iterator[torch.Tensor]:
         """The keys in token order as views of at most `step` tokens (a multiple of `align`); a run
-        ends on a multiple of `align` tokens unless it ends the segment (a stored base of another
-        length is joined to the buffer first)."""
+        ends on a multiple of `align` tokens unless it ends the segment. A stored base whose length
+        is not a multiple of `align` is first merged into the buffer (a copy, values included)."""
+        assert step % align == 0, "the run length must be a multiple of the alignment"
         parts = self.key_parts()
         if any(part.shape[2] % align for part in parts[:-1]):
             parts = [self.keys]
