@@ -33,10 +33,13 @@ def test_chat_prompt_has_the_original_messages(tokenizer):
             "Don't give information outside the document") in text
 
 
-def test_local_metric_tolerates_verbose_answers(tokenizer):
+def test_offline_metric_is_rouge1_f_against_the_needle_sentence(tokenizer):
     sample = make_sample("niah", "niah", tokenizer, 1024)
-    assert score("The best thing is to eat a sandwich and sit in Dolores Park on a sunny day.", sample) == 1.0
-    assert score("Eat a sandwich in Dolores Park.", sample) == pytest.approx(6 / 12)
+    # the needle has 21 words; these answers' 17 and 6 words are all in it
+    assert score("The best thing is to eat a sandwich and sit in Dolores Park on a sunny day.",
+                 sample) == pytest.approx(2 * 17 / (21 + 17))
+    assert score("Eat a sandwich in Dolores Park.", sample) == pytest.approx(2 * 6 / (21 + 6))
+    assert score(niah.NEEDLE, sample) == pytest.approx(1.0)
     assert score("I don't know.", sample) == 0.0
 
 

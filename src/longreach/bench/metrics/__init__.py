@@ -8,10 +8,10 @@ from ...errors import LongreachError
 from .longbench import METRICS as LONGBENCH_METRICS
 from .longbench import dataset_score, normalize_answer, score_item
 from .retrieval import extract_answer, first_int_match, kv_match
-from .rouge import rouge1_f, rouge1_recall, rouge_l_f
+from .rouge import rouge1_f, rouge_l_f
 from .ruler import postprocess, ruler_summary, string_match_all, string_match_part, task_score
 
-__all__ = ["METRIC_NAMES", "dataset_score", "normalize_answer", "postprocess", "rouge1_f", "rouge1_recall",
+__all__ = ["METRIC_NAMES", "dataset_score", "normalize_answer", "postprocess", "rouge1_f",
            "rouge_l_f", "ruler_summary", "score_answers", "string_match_all", "string_match_part",
            "task_score"]
 
@@ -27,7 +27,7 @@ def _choice(prediction: str, answers: list[str]) -> float:
 _BY_ANSWERS: dict[str, Callable[[str, list[str]], float]] = {
     "string_match_all": string_match_all,
     "string_match_part": string_match_part,
-    "niah_rouge1_recall": lambda prediction, answers: rouge1_recall(prediction, answers[0]),
+    "niah_rouge1_f": lambda prediction, answers: rouge1_f(prediction, answers[0]),
     "first_int_match": first_int_match,
     "kv_match": kv_match,
     "exact_match": _exact_match,

@@ -1,5 +1,6 @@
-"""ROUGE as the benchmarks compute it, without extra dependencies.
+"""ROUGE as the benchmarks compute it.
 
+`rouge1_f` is the offline NIAH score and calls `rouge_score`, as the original does.
 `rouge_l_f` reproduces the `rouge` package (pltrdy, 1.0.1) that LongBench calls as
 `Rouge().get_scores([pred], [ref], avg=True)["rouge-l"]["f"]`, including its quirks:
 texts are split into "sentences" on '.', words on single spaces, and the union LCS and the
@@ -11,8 +12,7 @@ words; this one does not.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
+from ...errors import LongreachError
 
 
 def _sentences(text: str) -> list[str]:
@@ -58,23 +58,11 @@ def rouge_l_f(prediction: str, reference: str) -> float:
     return 2.0 * ((precision * recall) / (precision + recall + 1e-8))
 
 
-def _unigrams(text: str) -> Counter:
-    return Counter(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def rouge1_recall(prediction: str, reference: str) -> float:
-    """Share of the reference's words (lowercased alphanumerics, with counts) found in the prediction."""
-    ref = _unigrams(reference)
-    if not ref:
-        return 0.0
-    return sum((ref & _unigrams(prediction)).values()) / sum(ref.values())
-
-
 def rouge1_f(prediction: str, reference: str) -> float:
-    """Unigram F1 on lowercased alphanumeric words (FranxYao's NIAH score / 10, without stemming)."""
-    ref, pred = _unigrams(reference), _unigrams(prediction)
-    overlap = sum((ref & pred).values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / sum(pred.values()), overlap / sum(ref.values())
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-1 F of `rouge_score` with the Porter stemmer: FranxYao's offline NIAH score
+    (`RougeScorer(["rouge1"], use_stemmer=True).score(needle, response)["rouge1"].fmeasure * 10`) / 10."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise LongreachError("the NIAH score needs rouge-score: pip install 'longreach[bench]'") from None
+    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True).score(reference, prediction)["rouge1"].fmeasure

@@ -5,8 +5,10 @@ original keeps a fixed 200-token buffer instead). The needle goes at token int(n
 n haystack tokens and then moves back to just after a token ending in '.', as the original does;
 depth 1.0 puts it at the very end. Without the essays the noise sentence is the haystack.
 
-The original scores with a GPT judge; offline we use ROUGE-1 recall of the needle's key phrase
-(`metrics.rouge.rouge1_recall`), so a correct but verbose answer still scores 1.0.
+The original scores with a GPT judge (1-10); we use its offline variant (FranxYao's
+Long-Context-Data-Engineering): ROUGE-1 F between the needle sentence and the answer, stemmed
+(`metrics.rouge.rouge1_f`, reported 0..1 instead of 0..10). A right answer that adds other words
+scores below 1, as it does in published offline heatmaps.
 """
 
 from __future__ import annotations
@@ -21,14 +23,13 @@ from ..prompting import Built, Sample, count_tokens, encode_sample, fit_or_raise
 
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
 QUESTION = "What is the best thing to do in San Francisco?"
-KEY_PHRASE = "eat a sandwich and sit in Dolores Park on a sunny day"
 SYSTEM = "You are a helpful AI bot that answers questions for a user. Keep your response short and direct"
 QUESTION_SUFFIX = " Don't give information outside the document or repeat your findings"
 # Base models: the offline variant's book prompt (FranxYao), without its leading "<|im_start|>".
 RAW_TEMPLATE = ("This is a very long story book: <book> {context} </book>.\n"
                 " Based on the content of the book, Question: {question}\nAnswer:")
 MAX_NEW_TOKENS = 50
-METRIC = "niah_rouge1_recall"
+METRIC = "niah_rouge1_f"
 
 
 def grid(start: int, stop: int, num: int) -> list[int]:
@@ -67,7 +68,7 @@ def _insertion_char(text: str, offsets, n_tokens: int, depth: float) -> tuple[in
 
 
 def niah_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, chat: bool = True,
-                needle: str = NEEDLE, question: str = QUESTION, answer: str = KEY_PHRASE,
+                needle: str = NEEDLE, question: str = QUESTION, answer: str | None = None,
                 max_new_tokens: int = MAX_NEW_TOKENS) -> Sample:
     """A needle-in-a-haystack prompt of at most `length` tokens (generation included).
 
@@ -77,7 +78,8 @@ def niah_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, chat:
         depth: needle position in the haystack, 0 (start) .. 1 (end).
         seed: kept for a uniform signature; the classic test has no randomness.
         chat: system + context + question as chat messages; else the raw book prompt.
-        needle, question, answer: the fact, the question about it, and the key phrase scored.
+        needle, question, answer: the fact, the question about it, and the reference the answer is
+            scored against (default: the needle sentence).
         max_new_tokens: tokens reserved for the answer.
     Returns:
         A Sample whose needle_token_spans holds the needle sentence.
@@ -109,4 +111,4 @@ def niah_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, chat:
     point, _ = _insertion_char(text, offsets, n_tokens, depth)
     meta = {"task": "niah", "subtask": "niah", "length": length, "depth": depth, "seed": seed, "chat": chat,
             "haystack": kind, "haystack_tokens": n_tokens, "insertion_token": point, "metric": METRIC}
-    return encode_sample(tokenizer, build(n_tokens), [answer], max_new_tokens, meta)
+    return encode_sample(tokenizer, build(n_tokens), [answer or needle.strip()], max_new_tokens, meta)
