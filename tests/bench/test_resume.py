@@ -105,6 +105,32 @@ def test_directory_of_another_configuration_is_refused(tmp_path, lm):
     assert (out / "results.jsonl").read_bytes() == before
 
 
+def test_prefill_chunk_and_dtype_bind_the_directory_and_older_directories_still_resume(tmp_path, lm):
+    out = tmp_path / "run"
+    run_bench(config(out, samples=1), lm=lm)
+    before = (out / "results.jsonl").read_bytes()
+    other = config(out, samples=1)
+    other.prefill_chunk = 64
+    with pytest.raises(LongreachError, match="another configuration.*prefill_chunk: 512 there, 64 asked"):
+        run_bench(other, lm=lm)
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["prefill_chunk"] == 512 and stored["dtype"] is None
+    for key in ("prefill_chunk", "dtype"):  # a directory made before these keys were recorded
+        del stored[key]
+    (out / "config.json").write_text(json.dumps(stored))
+    assert run_bench(config(out, samples=1), lm=lm).already_done == 2
+    with pytest.raises(LongreachError, match="prefill_chunk"):
+        run_bench(other, lm=lm)
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_a_run_refused_before_recording_anything_does_not_bind_the_directory(tmp_path):
+    results = ResultsDir(tmp_path / "run")
+    results.open_for({"task": "jsonl", "data": "/no/such/file.jsonl"})  # e.g. a typo, refused afterwards
+    results.open_for({"task": "jsonl", "data": "/right/file.jsonl"})
+    assert json.loads(results.config_file.read_text())["data"] == "/right/file.jsonl"
+
+
 def test_a_line_cut_by_a_crash_is_ignored_and_not_glued(tmp_path):
     results = ResultsDir(tmp_path)
     results.open_for({"task": "x"})

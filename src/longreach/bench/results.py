@@ -19,6 +19,8 @@ from pathlib import Path
 from ..errors import LongreachError
 
 FORMAT = 1
+# Configuration keys added since format 1, with the value every run had before they were recorded.
+ADDED_KEYS = {"prefill_chunk": 512, "dtype": None}
 
 
 @dataclass(slots=True)
@@ -102,8 +104,14 @@ class ResultsDir:
             self.path.mkdir(parents=True, exist_ok=True)
             self._write_config(identity)
             return
-        differ = {k: (stored.get(k), identity.get(k)) for k in sorted(set(stored) | set(identity))
-                  if stored.get(k) != identity.get(k)}
+        def recorded(key):  # a key added after the directory was made holds its default there
+            return stored.get(key, ADDED_KEYS.get(key))
+
+        differ = {k: (recorded(k), identity.get(k)) for k in sorted(set(stored) | set(identity))
+                  if recorded(k) != identity.get(k)}
+        if differ and not self.read():  # nothing recorded yet (e.g. a first run refused its input)
+            self._write_config(identity)
+            return
         if differ:
             first = "; ".join(f"{k}: {old!r} there, {new!r} asked" for k, (old, new) in differ.items())
             raise LongreachError(f"{self.path} holds results of another configuration ({first}); "

