@@ -13,7 +13,8 @@ from .rope import RotaryEmbedding
 SCALINGS = {
     "linear": "position interpolation: positions divided by the factor (Chen et al., 2023)",
     "ntk": "NTK-aware: RoPE base raised to base * factor^(d/(d-2)), high frequencies kept",
-    "dynamic": "dynamic NTK: the NTK base follows the current length once it passes the trained window",
+    "dynamic": "dynamic NTK: the NTK base follows the current length once it passes the trained window "
+               "(rope_factor as in transformers; 1 when only target_length is given)",
     "yarn": "YaRN: per-frequency interpolation ramp plus attention temperature 0.1 ln(factor) + 1",
 }
 
@@ -53,9 +54,9 @@ def scaled_rope(rope: RotaryEmbedding, kind: str, factor: float) -> RotaryEmbedd
         theta = rope.params["rope_theta"] * factor ** (dim / (dim - 2))
         overrides = {"rope_type": "default", "rope_theta": theta}
     elif kind == "dynamic":
-        # transformers' dynamic formula with factor 1: base * (length / trained)^(d/(d-2)), i.e. NTK
-        # at the current length; the factor only bounds the window a method may assume.
-        overrides = {"rope_type": "dynamic", "factor": 1.0}
+        # transformers' (and the original's) formula: base * (factor * length / trained - (factor - 1))
+        # ^ (d/(d-2)) once the length passes the trained window. Factor 1 is NTK at the current length.
+        overrides = {"rope_type": "dynamic", "factor": factor}
     else:
         if not trained:
             raise ValueError("YaRN needs the model's trained window (max_position_embeddings)")

@@ -34,12 +34,24 @@ def test_ntk_raises_the_base_and_dynamic_follows_the_length():
     base = RotaryEmbedding(_config(), 16)
     ntk = scaled_rope(base, "ntk", 4.0)
     assert ntk.params["rope_theta"] == pytest.approx(10000.0 * 4.0 ** (16 / 14))
-    dynamic = scaled_rope(base, "dynamic", 4.0)
+    dynamic = scaled_rope(base, "dynamic", 1.0)
     inside = torch.arange(0, 200)
     torch.testing.assert_close(dynamic.cos_sin(inside, torch.float32)[0],
                                base.cos_sin(inside, torch.float32)[0])
     dynamic.cos_sin(torch.arange(0, 1024), torch.float32)  # 4x the window: NTK at factor 4
     torch.testing.assert_close(dynamic.inv_freq, ntk.inv_freq, rtol=1e-6, atol=0)
+
+
+def test_dynamic_ntk_with_a_factor_matches_transformers_at_a_longer_input():
+    ours = scaled_rope(RotaryEmbedding(_config(), 16), "dynamic", 2.0)
+    theirs = LlamaRotaryEmbedding(_config(rope_type="dynamic", factor=2.0))
+    positions = torch.arange(0, 1000)
+    cos, sin = theirs(torch.ones(1, 1, len(positions), 16), positions[None])
+    ours_cos, ours_sin = ours.cos_sin(positions, torch.float32)
+    torch.testing.assert_close(ours_cos, cos[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours_sin, sin[0], rtol=1e-5, atol=1e-5)
+    ntk_at_length = scaled_rope(RotaryEmbedding(_config(), 16), "ntk", 2.0 * 1000 / 256 - 1.0)
+    torch.testing.assert_close(ours.inv_freq, ntk_at_length.inv_freq, rtol=1e-6, atol=0)
 
 
 def test_factor_comes_from_the_target_length():
@@ -74,12 +86,19 @@ def test_bad_shared_options_are_refused(options, message):
         method_config("dense", options)
 
 
-def test_invalid_combinations_are_refused_when_built():
+def test_invalid_combinations_are_refused_with_the_options_before_any_model():
     with pytest.raises(LongreachError, match="rope_factor or target_length"):
-        tiny_lm(method="dense", rope_scaling="yarn").new_session()
+        method_config("dense", {"rope_scaling": "yarn"})
     for method in ("snapkv", "squeezed", "infllm", "streaming"):
         with pytest.raises(LongreachError, match="dynamic NTK"):
-            tiny_lm(method=method, rope_scaling="dynamic", rope_factor=2.0).new_session()
+            method_config(method, {"rope_scaling": "dynamic", "rope_factor": "2"})
+    for scaling in ("yarn", "dynamic"):
+        with pytest.raises(LongreachError, match="self_extend assigns positions itself"):
+            method_config("self_extend", {"rope_scaling": scaling, "rope_factor": "2"})
+    # a model whose own config declares dynamic NTK is refused when the session is built
+    with pytest.raises(LongreachError, match="dynamic NTK"):
+        tiny_lm(method="infllm", model=tiny_hf_model(rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                                        "rope_theta": 10000.0})).new_session()
 
 
 def test_int8_kv_composes_with_infllm():

@@ -51,6 +51,7 @@ def _coerce(value, annotation: str, name: str):
 
 
 KV_QUANT = {"int8": 8, "int4": 4}
+DYNAMIC_REASON = "dynamic NTK changes the frequencies as the input grows (use ntk or yarn with a factor)"
 
 
 @dataclass(slots=True)
@@ -70,6 +71,8 @@ class MethodConfig:
     # Why the method cannot follow dynamic NTK (frequencies that change as positions grow), or ""
     # when it can; `prepare` refuses the combination with this reason.
     no_dynamic_ntk: typing.ClassVar[str] = ""
+    # Why the method takes no RoPE scaling at all, or "" when it does (refused with the options).
+    no_rope_scaling: typing.ClassVar[str] = ""
 
     rope_scaling: str | None = option(None, f"RoPE scaling: {', '.join(SCALINGS)} (none by default)")
     rope_factor: float | None = option(None, "RoPE scaling factor; default: target_length / trained window")
@@ -83,7 +86,12 @@ class MethodConfig:
               f"rope_scaling must be one of {', '.join(SCALINGS)}")
         check(self.rope_scaling is not None or (self.rope_factor is None and self.target_length is None),
               "rope_factor and target_length need rope_scaling (e.g. rope_scaling=yarn)")
+        check(self.rope_scaling is None or self.rope_factor is not None or self.target_length is not None,
+              "rope_scaling needs rope_factor or target_length")
         check(self.rope_factor is None or self.rope_factor >= 1.0, "rope_factor must be >= 1")
+        check(not (self.no_rope_scaling and self.rope_scaling), f"{self.name} {self.no_rope_scaling}")
+        check(not (self.no_dynamic_ntk and self.rope_scaling == "dynamic"),
+              f"{self.name} {self.no_dynamic_ntk}; {DYNAMIC_REASON}")
         check(self.kv_quant is None or self.kv_quant in KV_QUANT,
               f"kv_quant must be one of {', '.join(KV_QUANT)}")
         check(self.kv_group >= 1, "kv_group must be >= 1")
@@ -96,11 +104,13 @@ class MethodConfig:
             ctx.store.set_quant(QuantSpec(KV_QUANT[self.kv_quant], self.kv_group))
         if self.rope_scaling is not None:
             factor = scaling_factor(self.rope_factor, self.target_length, ctx.trained_window)
-            rope = scaled_rope(ctx.rope, self.rope_scaling, factor)
+            # Dynamic NTK reaches any length by itself: at the target length, factor 1 is exactly NTK
+            # by target / window, so a factor derived from target_length is not applied on top.
+            applied = (self.rope_factor or 1.0) if self.rope_scaling == "dynamic" else factor
+            rope = scaled_rope(ctx.rope, self.rope_scaling, applied)
             ctx = dataclasses.replace(ctx, rope=rope, trained_window=int(ctx.trained_window * factor))
-        check(not (self.no_dynamic_ntk and ctx.rope.rope_type == "dynamic"),
-              f"{self.name} {self.no_dynamic_ntk}; dynamic NTK changes the frequencies as the input grows "
-              "(use ntk or yarn with a factor)")
+        check(not (self.no_dynamic_ntk and ctx.rope.rope_type == "dynamic"),  # also a model's own scaling
+              f"{self.name} {self.no_dynamic_ntk}; {DYNAMIC_REASON}")
         return ctx
 
     @classmethod
