@@ -19,6 +19,8 @@ def parse_count(text: str | int) -> int:
         value = float(raw) * scale
     except ValueError:
         raise LongreachError(f"{text!r} is not a count (examples: 4096, 32k)") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise LongreachError(f"{text!r} is not a count (examples: 4096, 32k)")
     if value != int(value):
         raise LongreachError(f"{text!r} is not a whole number of tokens")
     return int(value)

@@ -24,6 +24,7 @@ def longbench_dir(tmp_path, write_jsonl):
         _record("hotpotqa", long_context, "Which way does river 7 flow?", ["north"]),
         '{"input": "broken", ',
         {"input": "no context", "answers": ["x"]},
+        _record("hotpotqa", "Passage 1: Rome is in Italy.", "Where is Rome?", "Italy"),  # not a list
     ])
     classes = ["Entity", "Location", "Human"]
     write_jsonl(tmp_path / "trec.jsonl", [
@@ -37,8 +38,9 @@ def longbench_dir(tmp_path, write_jsonl):
 def test_prompt_chat_template_and_problems(tokenizer, longbench_dir):
     options = TaskOptions(data=longbench_dir)
     result = load_samples("longbench", "hotpotqa", tokenizer, 2048, options=options)
-    assert [p.split(":")[1] for p in result.problems] == ["3", "4"]
+    assert [p.split(":")[1] for p in result.problems] == ["3", "4", "5"]
     assert "not valid JSON" in result.problems[0] and "context" in result.problems[1]
+    assert "'answers' must be a list of strings" in result.problems[2]
     short, long = result.samples
     expected = PROMPTS["hotpotqa"].format(context="Passage 1: Paris is in France.", input="Where is Paris?")
     text = tokenizer.decode(short.prompt_ids)

@@ -57,6 +57,8 @@ def test_unknown_method_and_option(capsys):
     (["passkey", "--depth", "1.5"], "--depth"),
     (["passkey", "--length", "10"], "too small"),
     (["passkey", "--length", "12q"], "not a count"),
+    (["passkey", "--length", "inf"], "not a count"),
+    (["passkey", "--length", "nan"], "not a count"),
     (["passkey", "--prefill-chunk", "0"], "prefill-chunk"),
     (["generate", "--prompt", "hi", "--max-new-tokens", "-3"], "max-new-tokens"),
     (["generate", "--prompt", "hi", "--dtype", "int3"], "unknown dtype"),

@@ -68,9 +68,12 @@ def longbench_samples(tokenizer, data_dir: str | Path, dataset: str, length: int
             break
         try:
             prompt = PROMPTS[dataset].format(**record)
-            answers = list(record["answers"])
+            answers = record["answers"]
         except (KeyError, TypeError) as exc:
             result.problems.append(f"{path.name}:{number}: missing field {exc}")
+            continue
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            result.problems.append(f"{path.name}:{number}: 'answers' must be a list of strings")
             continue
         text, truncated = prompt_within(tokenizer, prompt, length, new_tokens,
                                         lambda t: wrap_prompt(tokenizer, t, "", use_chat)[0],
