@@ -156,3 +156,14 @@ def test_raw_mode_has_no_chat_markers(tokenizer):
     sample = make_sample("ruler", "niah_multikey_3", tokenizer, 2048, seed=0, chat=False)
     text = tokenizer.decode(sample.prompt_ids)
     assert "<|im_start|>" not in text and text.startswith("A special magic uuid is hidden")
+
+
+@pytest.mark.parametrize("subtask", ["niah_single_1", "vt", "cwe", "fwe"])
+def test_chat_prompt_ends_with_the_answer_prefix_verbatim_as_ruler_sends_it(tokenizer, subtask):
+    text = tokenizer.decode(make_sample("ruler", subtask, tokenizer, 2048, seed=0).prompt_ids)
+    key = {"niah_single_1": "niah", "vt": "variable_tracking", "cwe": "common_words_extraction",
+           "fwe": "freq_words_extraction"}[subtask]
+    head = TEMPLATES[key].answer_prefix.split("{")[0]
+    assert head.startswith(" ") and "<|im_start|>assistant\n" + head in text
+    # every assistant turn (cwe's worked examples too) starts with the prefix, leading space kept
+    assert text.count("<|im_start|>assistant\n" + head) == text.count("<|im_start|>assistant\n")

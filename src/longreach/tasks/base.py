@@ -18,18 +18,21 @@ class Sample:
     context_end: int | None = None
 
 
-def wrap_prompt(tokenizer, user_text: str, answer_prefix: str, chat: bool) -> tuple[str, int]:
+def wrap_prompt(tokenizer, user_text: str, answer_prefix: str, chat: bool,
+                verbatim_prefix: bool = False) -> tuple[str, int]:
     """Full prompt text and the character offset where `user_text` starts in it.
 
     Chat mode puts the task in one user message and the answer prefix at the start of the
-    assistant turn (as RULER does); raw mode is the text followed by the answer prefix.
+    assistant turn; raw mode is the text followed by the answer prefix. In chat mode the prefix
+    loses its leading whitespace unless `verbatim_prefix` (RULER appends its prefixes, e.g.
+    " Answer: ...", to the assistant header exactly as written).
     """
     if chat and getattr(tokenizer, "chat_template", None):
         marker = "\u0000LONGREACH\u0000"
         wrapped = tokenizer.apply_chat_template([{"role": "user", "content": marker}],
                                                 add_generation_prompt=True, tokenize=False)
         head, tail = wrapped.split(marker)
-        return head + user_text + tail + answer_prefix.lstrip(), len(head)
+        return head + user_text + tail + (answer_prefix if verbatim_prefix else answer_prefix.lstrip()), len(head)
     return user_text + answer_prefix, 0
 
 

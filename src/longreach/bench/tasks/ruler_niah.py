@@ -109,7 +109,8 @@ def niah_sample(tokenizer, name: str, config: NiahConfig, length: int, seed: int
     def build(n_units: int) -> tuple[Built, list[str], list[int] | None]:
         context, query, answers, found, depths = draw(n_units)
         user = template.format(type_needle_v=type_v, context=context, query=query)
-        text, offset = wrap_prompt(tokenizer, user, prefix.format(type_needle_v=type_v, query=query), chat)
+        prompt_prefix = prefix.format(type_needle_v=type_v, query=query)
+        text, offset = wrap_prompt(tokenizer, user, prompt_prefix, chat, verbatim_prefix=True)
         context_end = offset + len(template.split("{context}")[0].format(type_needle_v=type_v)) + len(context)
         return Built(text, find_spans(text, found, offset), context_end), answers, depths
 

@@ -105,7 +105,7 @@ def qa_sample(tokenizer, dataset: str, path: Path, length: int, seed: int, chat:
         random.Random(f"ruler/qa/{dataset}/{seed}/order").shuffle(chosen)
         context = "\n\n".join(DOCUMENT.format(i=i + 1, document=docs[d]) for i, d in enumerate(chosen))
         text, offset = wrap_prompt(tokenizer, spec.template.format(context=context, query=question.query),
-                                   spec.answer_prefix, chat)
+                                   spec.answer_prefix, chat, verbatim_prefix=True)
         gold = [DOCUMENT.format(i=chosen.index(d) + 1, document=docs[d]) for d in question.gold]
         return Built(text, find_spans(text, gold, offset))
 

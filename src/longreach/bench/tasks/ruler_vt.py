@@ -77,7 +77,7 @@ def vt_sample(tokenizer, length: int, seed: int, chat: bool, num_chains: int = 1
     def build(n_noise: int) -> tuple[Built, list[str]]:
         user, prefix, names, chain = _task_text(random.Random(f"ruler/vt/{seed}"), n_noise, num_chains,
                                                 num_hops, letters=5)
-        text, offset = wrap_prompt(tokenizer, demo + "\n" + user, prefix, chat)
+        text, offset = wrap_prompt(tokenizer, demo + "\n" + user, prefix, chat, verbatim_prefix=True)
         return Built(text, find_spans(text, [line.strip() for line in chain], offset + len(demo))), names
 
     low = (num_hops + 1) * num_chains

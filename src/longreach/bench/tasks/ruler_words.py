@@ -61,10 +61,11 @@ def cwe_sample(tokenizer, length: int, seed: int, chat: bool, freq_cw: int = 30,
         for _ in range(num_fewshot):
             context, common = _cwe_example(rng, shot_shape[0], shot_shape[1], shot_shape[2], num_cw)
             user = spec.template.format(context=context)
-            wrapped, _ = wrap_prompt(tokenizer, user, spec.answer_prefix, chat)
+            wrapped, _ = wrap_prompt(tokenizer, user, spec.answer_prefix, chat, verbatim_prefix=True)
             shots.append(wrapped + " " + _numbered(common))
         context, common = _cwe_example(rng, num_words, repeats[0], repeats[1], num_cw)
-        task, _ = wrap_prompt(tokenizer, spec.template.format(context=context), spec.answer_prefix, chat)
+        task, _ = wrap_prompt(tokenizer, spec.template.format(context=context), spec.answer_prefix, chat,
+                              verbatim_prefix=True)
         return Built("\n".join(shots) + "\n" + task, []), common
 
     num_words = fit_or_raise(lambda n: count_tokens(tokenizer, build(n)[0].text), budget, num_cw,
@@ -102,7 +103,7 @@ def fwe_sample(tokenizer, length: int, seed: int, chat: bool, alpha: float = 2.0
         coded = [word for word, count in zip(ranked, counts, strict=True) for _ in range(count)]
         rng.shuffle(coded)
         user = spec.template.format(context=" ".join(coded))
-        text, _ = wrap_prompt(tokenizer, user, spec.answer_prefix, chat)
+        text, _ = wrap_prompt(tokenizer, user, spec.answer_prefix, chat, verbatim_prefix=True)
         return Built(text, []), ranked[1:4]
 
     num_words = fit_or_raise(lambda n: count_tokens(tokenizer, build(n)[0].text), budget, 0,
