@@ -30,3 +30,15 @@ def test_budget_never_exceeded_and_filled_within_two_tokens(tokenizer, depth, ch
         start, end = sample.needle_token_spans[0]
         assert sample.answers[0] in tokenizer.decode(sample.prompt_ids[start:end])
         assert tokenizer.decode(sample.prompt_ids[sample.context_end:]).startswith("What is the pass key?")
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_needle_lands_at_the_asked_depth_of_the_noise(tokenizer, depth):
+    sample = passkey_sample(tokenizer, 4096, depth, seed=3)
+    text = tokenizer.decode(sample.prompt_ids)
+    task_end = text.index("important information there.") + len("important information there.")
+    needle_end = text.index("is the pass key.") + len("is the pass key.")
+    noise_before = tokenizer(text[task_end:text.index("The pass key is")])["input_ids"]
+    noise_after = tokenizer(text[needle_end:text.rindex("What is the pass key?")])["input_ids"]
+    share = len(noise_before) / (len(noise_before) + len(noise_after))
+    assert abs(share - depth) < 0.01, share

@@ -123,3 +123,25 @@ def test_a_query_rotated_at_a_distance_scores_unrotated_keys_as_both_rotated(kin
     q, k = torch.randn(1, 1, 3, 16), torch.randn(1, 1, 5, 16)
     expected = rope.rotate(q, torch.full((3,), 900)) @ rope.rotate(k, torch.full((5,), 900 - 37)).transpose(-1, -2)
     torch.testing.assert_close(rope.rotate_one(q, 37) @ k.transpose(-1, -2), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dense", "streaming", "infllm", "self_extend", "snapkv", "squeezed"])
+@pytest.mark.parametrize("kv_quant,tolerance", [("int8", 0.02), ("int4", 0.3)])
+def test_kv_quantization_composes_with_every_method(method, kv_quant, tolerance):
+    from runner import WITHIN_WINDOW
+    model = tiny_hf_model()
+    ids = prompt_ids(200)
+    plain_lm = tiny_lm(method=method, model=model, **WITHIN_WINDOW[method])
+    quant_lm = tiny_lm(method=method, model=model, kv_quant=kv_quant, **WITHIN_WINDOW[method])
+    torch.testing.assert_close(all_logits(quant_lm, ids, 64), all_logits(plain_lm, ids, 64), rtol=0, atol=tolerance)
+    plain, quantized = plain_lm.new_session(), quant_lm.new_session()
+    plain.prefill(ids, chunk=64)
+    quantized.prefill(ids, chunk=64)
+    kinds = {type(segment).__name__ for segment in quantized.store[0].segments.values()}
+    assert kinds == {"QuantizedSegment"}
+
+    def kv_bytes(session):  # keys, values, positions (squeezed's cluster index is kept in float32)
+        return sum(seg.nbytes for layer in session.store for seg in layer.segments.values())
+
+    # head_dim 16 here: positions and scales weigh more than at SmolLM2's 64 (0.27x for int8 there)
+    assert kv_bytes(quantized) < (0.4 if kv_quant == "int8" else 0.3) * kv_bytes(plain)

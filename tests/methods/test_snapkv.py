@@ -6,7 +6,7 @@ from transformers import LlamaConfig
 from longreach.kv import KVStore
 from longreach.methods import MethodContext, method_config
 from longreach.rope import RotaryEmbedding
-from tiny import prompt_ids, tiny_lm
+from tiny import prompt_ids, tiny_hf_model, tiny_lm
 
 H, HKV, D, N, WINDOW, BUDGET = 4, 2, 16, 100, 8, 40
 
@@ -137,3 +137,19 @@ def test_the_first_answer_token_reads_the_compressed_memory():
     torch.testing.assert_close(full.prefill(ids, chunk=64), dense.prefill(ids, chunk=64), rtol=1e-4, atol=1e-5)
     with pytest.raises(Exception, match="first_token"):
         method_config("snapkv", {"first_token": "later"})
+
+
+def test_compressing_at_the_end_does_not_depend_on_the_prefill_chunk():
+    model = tiny_hf_model()
+    ids = prompt_ids(200)
+    runs = []
+    for chunk in (200, 64, 7):
+        session = tiny_lm(method="snapkv", model=model, budget=48, obs_window=8).new_session()  # compress=end
+        logits = [session.prefill(ids, chunk=chunk)]
+        for _ in range(5):
+            logits.append(session.step(int(logits[-1].argmax())))
+        kept = session.store[0].segments["tokens"].positions
+        runs.append((torch.stack(logits), kept))
+    for logits, kept in runs[1:]:
+        assert torch.equal(kept, runs[0][1])
+        torch.testing.assert_close(logits, runs[0][0], rtol=1e-4, atol=1e-5)

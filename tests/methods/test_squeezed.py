@@ -2,7 +2,7 @@ import pytest
 import torch
 from references import FixedDistanceConfig
 
-from longreach.clustering import ClusterIndex, kmeans
+from longreach.clustering import ClusterIndex, kmeans, tree_kmeans
 from tiny import prompt_ids, tiny_hf_model, tiny_lm
 
 SMALL_INFLLM = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
@@ -31,6 +31,32 @@ def test_kmeans_matches_lloyd_by_hand():
             torch.testing.assert_close(centroids[g], expected_centroids)
         member_means = torch.stack([points[g][labels[g] == c].mean(0) for c in range(5)])
         torch.testing.assert_close(centroids[g], member_means)  # centroids: means of raw keys
+
+
+def test_tree_kmeans_is_a_converged_two_level_lloyd_by_brute_force():
+    torch.manual_seed(2)
+    points = torch.randn(2, 240, 8) * torch.linspace(0.5, 3, 8)
+    fine, labels, coarse, parent = tree_kmeans(points, cluster_size=5, coarse_size=4, iterations=100, seed=1)
+    unit = torch.nn.functional.normalize(points, dim=-1)
+
+    def direction(members):  # spherical k-means assigns by the normalised mean of unit vectors
+        return torch.nn.functional.normalize(members.mean(0), dim=0)
+
+    for g in range(2):
+        coarse_of = parent[g, labels[g]]
+        # coarse level: a key's coarse cluster is the nearest direction; centroids are raw member means
+        directions = torch.stack([direction(unit[g][coarse_of == c]) for c in range(coarse.shape[1])])
+        assert torch.equal((unit[g] @ directions.T).argmax(1), coarse_of)
+        for c in range(coarse.shape[1]):
+            torch.testing.assert_close(coarse[g, c], points[g][coarse_of == c].mean(0))
+        # fine level: among its coarse cluster's fine clusters, a key sits with the nearest direction
+        used = labels[g].unique()
+        for i in range(points.shape[1]):
+            siblings = [int(f) for f in used if parent[g, f] == coarse_of[i]]
+            scores = [float(unit[g, i] @ direction(unit[g][labels[g] == f])) for f in siblings]
+            assert siblings[max(range(len(siblings)), key=scores.__getitem__)] == int(labels[g, i])
+        for f in used:
+            torch.testing.assert_close(fine[g, f], points[g][labels[g] == f].mean(0))
 
 
 def _selected_by_hand(index, q, scale, head, budget):
@@ -203,3 +229,15 @@ def test_decode_cost_counts_every_kv_head_of_the_unclustered_tokens():
     fork.step(7)
     steps = fork.policy.touched["steps"] - before["steps"]  # one per layer
     assert fork.policy.touched["other"] - before["other"] == steps * unclustered * fork.policy.ctx.n_kv_heads
+
+
+def test_true_positions_refuse_an_input_past_the_trained_window():
+    from longreach.errors import LongreachError
+    lm = tiny_lm(method="squeezed", positions="true")
+    window = lm.adapter.trained_window
+    session = lm.new_session()
+    session.prefill(prompt_ids(window - 8), chunk=64)  # fits
+    with pytest.raises(LongreachError, match="past the trained window"):
+        session.prefill(prompt_ids(16, seed=1), chunk=64)
+    scaled = tiny_lm(method="squeezed", positions="true", rope_scaling="yarn", rope_factor=2.0).new_session()
+    scaled.prefill(prompt_ids(window + 16), chunk=64)  # YaRN doubles the window it may reach

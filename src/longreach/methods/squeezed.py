@@ -31,6 +31,7 @@ import torch
 
 from ..attention import Partial, attend, merge
 from ..clustering import ClusterIndex
+from ..errors import LongreachError
 from ..kv import GrowingBuffer
 from .base import MethodConfig, Policy, check, option
 from .infllm import InfLLMConfig
@@ -103,6 +104,10 @@ class SqueezedPolicy(Policy):
         return "centroids" in self.store[0].buffers
 
     def attend(self, layer, q, k, v, positions):
+        window = self.ctx.trained_window
+        if layer == 0 and self.n_local is None and window and int(positions[-1]) >= window:
+            raise LongreachError(f"squeezed with positions=true reached position {int(positions[-1])}, past the "
+                                 f"trained window ({window}): use positions=infllm, or RoPE scaling")
         if not self.clustered():
             seen_q, seen_positions = self._observed.get(layer, (q[:, :, :0], positions[:0]))
             window = self.config.obs_window
