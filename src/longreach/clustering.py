@@ -198,14 +198,19 @@ class ClusterIndex:
 
     def calibrate(self, queries: list[torch.Tensor], scale: float, budget: int) -> None:
         """Per head, the threshold that keeps `budget` keys per query on average over `queries`."""
-        thresholds = []
-        for head, q in enumerate(queries):  # q [g, w, d]
+        self.threshold = torch.stack([threshold_keeping(values, weights, budget)
+                                      for values, weights in self.estimates(queries, scale)])
+
+    def estimates(self, queries: list[torch.Tensor], scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per head (queries[h]: [g, w, d]): the estimated probabilities of its clusters for each
+        of the w queries, flattened, and the keys each stands for divided by w (so that a
+        threshold's kept weight is in keys per query)."""
+        out = []
+        for head, q in enumerate(queries):
             probability, _ = self.estimate(q, scale, head)  # [w, k]
-            values, order = probability.flatten().sort(descending=True)
-            weight = self.counts[head].repeat(probability.shape[0])[order].cumsum(0)
-            at = int(torch.searchsorted(weight, budget * probability.shape[0]).clamp(max=len(values) - 1))
-            thresholds.append(values[at])
-        self.threshold = torch.stack(thresholds)
+            weights = self.counts[head].float().repeat(probability.shape[0]) / probability.shape[0]
+            out.append((probability.flatten(), weights))
+        return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
         state = {"centroids": self.centroids, "labels": self.labels}
@@ -214,6 +219,25 @@ class ClusterIndex:
         if self.threshold is not None:
             state["threshold"] = self.threshold
         return state
+
+
+def threshold_keeping(values: torch.Tensor, weights: torch.Tensor, keep: float) -> torch.Tensor:
+    """The value at which the entries ranked from the highest value down first weigh `keep`."""
+    values, order = values.sort(descending=True)
+    at = torch.searchsorted(weights[order].cumsum(0), torch.tensor(float(keep))).clamp(max=len(values) - 1)
+    return values[at]
+
+
+def calibrate_globally(indexes: list[ClusterIndex], queries: list[list[torch.Tensor]], scale: float,
+                       budget: int) -> None:
+    """One threshold for every index and head (Squeezed Attention's global quantile): kept keys
+    vary between layers and heads and average `budget` per query over all of them."""
+    estimates = [e for index, qs in zip(indexes, queries, strict=True) for e in index.estimates(qs, scale)]
+    values = torch.cat([v for v, _ in estimates])
+    weights = torch.cat([w.to(values.device) for _, w in estimates])
+    threshold = threshold_keeping(values, weights, budget * len(estimates))
+    for index in indexes:
+        index.threshold = threshold.expand(index.centroids.shape[0]).clone()
 
 
 def _keys_before(probability: torch.Tensor, counts: torch.Tensor, allowed=None) -> torch.Tensor:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from references import FixedDistanceConfig
 
-from longreach.clustering import ClusterIndex, kmeans, tree_kmeans
+from longreach.clustering import ClusterIndex, calibrate_globally, kmeans, tree_kmeans
 from tiny import prompt_ids, tiny_hf_model, tiny_lm
 
 SMALL_INFLLM = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
@@ -124,7 +124,8 @@ def test_full_budget_equals_the_exact_attention_of_each_position_scheme():
     torch.testing.assert_close(got, far, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [dict(levels=2), dict(selection="threshold"), dict(kv_quant="int8")])
+@pytest.mark.parametrize("options", [dict(levels=2), dict(selection="threshold"),
+                                     dict(selection="threshold", threshold_scope="head"), dict(kv_quant="int8")])
 def test_decode_reads_a_budget_of_the_context_and_the_index_lives_in_the_store(options):
     lm = tiny_lm(method="squeezed", budget=0.25, cluster_size=4, **SMALL_INFLLM, **options)
     _, fork = _question_logits(lm, prompt_ids(200), prompt_ids(12, seed=4))
@@ -134,6 +135,9 @@ def test_decode_reads_a_budget_of_the_context_and_the_index_lives_in_the_store(o
     touched = fork.policy.touched
     if "selection" not in options:
         assert touched["selected"] == touched["steps"] * 2 * round(0.25 * memory)  # budget per KV head
+    else:
+        thresholds = torch.stack([layer.buffers["threshold"].data for layer in fork.store])
+        assert (thresholds == thresholds.flatten()[0]).all() == (options.get("threshold_scope") != "head")
     restored = lm.new_session()  # a saved memory keeps its clusters
     restored.store.load_state_dict(fork.store.state_dict())
     restored.position = fork.position
@@ -179,6 +183,30 @@ def test_threshold_selection_and_its_calibration_match_brute_force():
         clusters = (p[i] >= index.threshold[0]).nonzero().squeeze(1)
         expected = torch.isin(index.labels[0], clusters).nonzero().squeeze(1)
         assert rows[mask[i]].tolist() == expected.tolist()
+
+
+def test_global_threshold_is_one_value_keeping_the_budget_over_all_layers_and_heads_by_brute_force():
+    torch.manual_seed(4)
+    spread = [torch.randn(2, 300, 16) * s for s in (0.5, 2.0)]  # two layers, sharper keys in the second
+    indexes = [ClusterIndex.build(keys, cluster_size=10, levels=1, iterations=5) for keys in spread]
+    queries = [[torch.randn(2, 12, 16) for _ in range(2)] for _ in indexes]
+    calibrate_globally(indexes, queries, 0.25, budget=40)
+    pairs = []  # (estimate, keys per query it stands for) of every layer, head, query and cluster
+    for index, qs in zip(indexes, queries, strict=True):
+        for head, q in enumerate(qs):
+            p, _ = _estimate_by_hand(q, index.centroids[head], index.counts[head], 0.25)
+            pairs += [(float(p[i, c]), int(index.counts[head, c]) / 12) for i in range(12) for c in range(p.shape[1])]
+    total, expected = 0.0, None
+    for value, weight in sorted(pairs, reverse=True):
+        total += weight
+        if total >= 40 * 4 - 1e-9:
+            expected = value
+            break
+    thresholds = torch.cat([index.threshold for index in indexes])
+    assert torch.all(thresholds == thresholds[0]) and abs(float(thresholds[0]) - expected) < 1e-6
+    kept = [[int(index.select(q, 0.25, head, budget=40)[1].sum()) / 12 for head, q in enumerate(qs)]
+            for index, qs in zip(indexes, queries, strict=True)]
+    assert len({round(k) for row in kept for k in row}) > 1  # layers and heads keep different amounts
 
 
 def test_hierarchical_lookup_matches_brute_force():

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import Partial, attend, merge
-from ..clustering import ClusterIndex
+from ..clustering import ClusterIndex, calibrate_globally
 from ..errors import LongreachError
 from ..kv import GrowingBuffer
 from .base import MethodConfig, Policy, check, option
@@ -56,6 +56,9 @@ class SqueezedConfig(MethodConfig):
     coarse_slack: float = option(4.0, "levels=2: the coarse clusters searched cover this many budgets")
     kmeans: str = option("tree", "tree (coarse k-means, then fine within each: fast) or flat (the paper's)")
     kmeans_iters: int = option(10, "Lloyd iterations per k-means")
+    threshold_scope: str = option("global", "selection=threshold: one threshold for every layer and KV head "
+                                            "(the paper's global quantile: the budget holds on average over "
+                                            "all of them) or one per layer and head (each keeps the budget)")
     obs_window: int = option(64, "context tokens always attended (positions=true) and queries that "
                                  "calibrate the threshold")
     n_init: int = option(128, "positions=infllm: InfLLM sink tokens")
@@ -69,6 +72,7 @@ class SqueezedConfig(MethodConfig):
         check(self.positions in ("infllm", "true"), "positions must be infllm or true")
         check(self.budget > 0, "budget must be > 0")
         check(self.selection in ("budget", "threshold"), "selection must be budget or threshold")
+        check(self.threshold_scope in ("global", "head"), "threshold_scope must be global or head")
         check(self.levels in (1, 2), "levels must be 1 or 2")
         check(self.cluster_size >= 1 and self.coarse_size >= 1, "cluster_size and coarse_size must be >= 1")
         check(self.coarse_slack >= 1, "coarse_slack must be >= 1")
@@ -194,6 +198,7 @@ class SqueezedPolicy(Policy):
         if self.clustered():
             return
         cfg = self.config
+        indexes, calibrating = {}, []
         for layer in range(self.ctx.n_layers):
             kv = self.store[layer]
             if self.n_local is None:  # keep the last obs_window tokens out of the clusters
@@ -218,8 +223,16 @@ class SqueezedPolicy(Policy):
                 else:
                     q = self.rope.rotate_one(q, self.n_local)
                 g = self.groups
-                index.calibrate([q[0, h * g:(h + 1) * g] for h in range(self.ctx.n_kv_heads)], self.ctx.scale,
-                                max(budget, 1))
+                calibrating.append((index, [q[0, h * g:(h + 1) * g] for h in range(self.ctx.n_kv_heads)],
+                                    max(budget, 1)))
+            indexes[layer] = index
+        if calibrating and cfg.threshold_scope == "global":
+            chosen, queries, budgets = zip(*calibrating, strict=True)  # one memory length: one budget
+            calibrate_globally(list(chosen), list(queries), self.ctx.scale, budgets[0])
+        else:
+            for index, queries, budget in calibrating:
+                index.calibrate(queries, self.ctx.scale, budget)
+        for layer, index in indexes.items():
             for name, tensor in index.tensors().items():
-                kv.buffers[name] = GrowingBuffer.from_tensor(tensor)
+                self.store[layer].buffers[name] = GrowingBuffer.from_tensor(tensor)
         self._observed = {}
