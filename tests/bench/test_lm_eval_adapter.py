@@ -1,6 +1,7 @@
 """lm-eval's `longreach` model: exact log-probabilities, and a run of local YAML tasks (no download)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -82,11 +83,13 @@ def test_lm_eval_run_of_local_tasks(tmp_path, capsys, monkeypatch):
 def test_plugin_hook_registers_longreach_for_plain_lm_eval(tmp_path):
     from longreach.bench import lm_eval_plugin
 
-    path = lm_eval_plugin.install(tmp_path)
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    path = lm_eval_plugin.install(site_dir)
     assert path.name == "longreach-lm-eval.pth"
     script = textwrap.dedent(f"""
         import site, sys
-        site.addsitedir({str(tmp_path)!r})
+        site.addsitedir({str(site_dir)!r})
         assert "longreach" not in sys.modules and "lm_eval" not in sys.modules  # nothing imported at start
         from lm_eval.api.registry import get_model, model_registry
         print(get_model("longreach").__name__, "hf" in model_registry)
@@ -94,5 +97,26 @@ def test_plugin_hook_registers_longreach_for_plain_lm_eval(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["LongreachLM", "True"]
-    lm_eval_plugin.uninstall(tmp_path)
+    # lm-eval's own command line (`lm_eval --model longreach ...`), as a user would type it
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"question": "What color is the sky?", "answer": "blue"}) + "\n")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "gen.yaml").write_text(TASK.format(name="lr_gen", data=data, kind="generate_until",
+                                                body=BODIES["generate_until"]))
+    argv = ["lm_eval", "--model", "longreach", "--model_args", f"model={tiny_model_dir()},method=infllm",
+            "--tasks", "lr_gen", "--include_path", str(tasks), "--output_path", str(tmp_path / "out")]
+    command = textwrap.dedent(f"""
+        import runpy, site, sys
+        site.addsitedir({str(site_dir)!r})
+        sys.argv = {argv!r}
+        runpy.run_module("lm_eval", run_name="__main__")
+    """)
+    offline = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **offline})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    assert result["config"]["model"] == "longreach" and "exact_match,none" in result["results"]["lr_gen"]
+    lm_eval_plugin.uninstall(site_dir)
     assert not path.exists()
