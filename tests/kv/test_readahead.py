@@ -1,5 +1,6 @@
 import mmap
 
+import pytest
 import torch
 
 from longreach.kv import KVSegment, QuantizedSegment, QuantSpec, readahead
@@ -79,18 +80,25 @@ def test_gathering_from_adopted_tensors_hints_the_values_and_returns_the_same_ro
     assert calls == []  # computed in this process: nothing to read from disk
 
 
-def test_gathering_from_an_adopted_quantized_segment_hints_its_value_codes(monkeypatch):
+@pytest.mark.parametrize("per_head", [False, True])
+def test_gathering_from_an_adopted_quantized_segment_hints_its_value_codes(monkeypatch, per_head):
     live = QuantizedSegment(1, 2, 8, torch.float32, torch.device("cpu"), QuantSpec(8, 64))
     live.append(torch.randn(1, 2, 256, 8), torch.randn(1, 2, 256, 8), torch.arange(256))
     restored = QuantizedSegment(1, 2, 8, torch.float32, torch.device("cpu"), QuantSpec(8, 64))
     restored.load_state_dict({name: t.clone() for name, t in live.state_dict().items()})
     calls = _recorder(monkeypatch)
-    index = torch.arange(64, 128)
-    for got, expected in zip(restored.gather(index), live.gather(index), strict=True):
+    first_rows = (64, 128) if per_head else (64, 64)  # per head: each KV head its own 64 rows
+    if per_head:
+        index = torch.stack([torch.arange(start, start + 64) for start in first_rows])
+        pairs = zip(restored.gather_per_head(index), live.gather_per_head(index), strict=True)
+    else:
+        index = torch.arange(64, 128)
+        pairs = zip(restored.gather(index), live.gather(index), strict=True)
+    for got, expected in pairs:
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    for part in (restored._v.codes, restored._v.scale, restored._v.zero):  # rows 64..127 of both heads
+    for part in (restored._v.codes, restored._v.scale, restored._v.zero):
         row = part[0, 0, 0].numel() * part.element_size()
-        assert all(_covers(calls, part[0, h, 64].data_ptr(), 64 * row) for h in range(2))
+        assert all(_covers(calls, part[0, h, start].data_ptr(), 64 * row) for h, start in enumerate(first_rows))
 
 
 def test_per_head_rows_hint_each_head_its_own_runs_and_skip_rows_outside(monkeypatch):
@@ -121,18 +129,3 @@ def test_gathering_per_head_from_adopted_tensors_hints_each_heads_values(monkeyp
     assert not _covers(calls, values[0, 0, 200].data_ptr(), row)  # head 0 did not select row 200
     # rows 305/310 were appended in this process: no hint goes past the adopted tensor
     assert all(addr + length <= values[0, 1, 201].data_ptr() + row for addr, length, _ in calls)
-
-
-def test_gathering_per_head_from_an_adopted_quantized_segment_hints_its_value_codes(monkeypatch):
-    live = QuantizedSegment(1, 2, 8, torch.float32, torch.device("cpu"), QuantSpec(8, 64))
-    live.append(torch.randn(1, 2, 256, 8), torch.randn(1, 2, 256, 8), torch.arange(256))
-    restored = QuantizedSegment(1, 2, 8, torch.float32, torch.device("cpu"), QuantSpec(8, 64))
-    restored.load_state_dict({name: t.clone() for name, t in live.state_dict().items()})
-    calls = _recorder(monkeypatch)
-    index = torch.stack((torch.arange(0, 64), torch.arange(128, 192)))
-    for got, expected in zip(restored.gather_per_head(index), live.gather_per_head(index), strict=True):
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    for part in (restored._v.codes, restored._v.scale, restored._v.zero):  # each head its own rows
-        row = part[0, 0, 0].numel() * part.element_size()
-        assert _covers(calls, part[0, 0, 0].data_ptr(), 64 * row)
-        assert _covers(calls, part[0, 1, 128].data_ptr(), 64 * row)
