@@ -7,6 +7,7 @@ each segment lives on (CPU memory while computing on a GPU), and byte accounting
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -319,7 +320,9 @@ class LayerKV:
     """One layer's named segments plus method tensors (e.g. block representatives)."""
 
     def __init__(self, store: KVStore):
-        self._store = store
+        # A weak link: the store owns its layers, and a cycle would keep a finished sequence's
+        # memory (gigabytes) alive until Python's cycle collector happened to run.
+        self._store = weakref.ref(store)
         self.segments: dict[str, KVSegment] = {}
         self.buffers: dict[str, GrowingBuffer] = {}
         self.offloaded: set[str] = set()
@@ -331,7 +334,9 @@ class LayerKV:
         selections); a store with a `quant` spec creates quantized segments.
         """
         if name not in self.segments:
-            s = self._store
+            s = self._store()
+            if s is None:
+                raise RuntimeError("this layer's KV store no longer exists")
             device = s.offload_device if offload else s.device
             if offload:
                 self.offloaded.add(name)
