@@ -7,9 +7,9 @@ each segment lives on (CPU memory while computing on a GPU), and byte accounting
 
 from __future__ import annotations
 
-import weakref
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -316,13 +316,26 @@ class GrowingBuffer:
         return buf
 
 
+@dataclass(slots=True)
+class StoreLayout:
+    """What a store's segments are made of; shared by the store and its layers (one object, so a
+    layer needs no link back to its store: that cycle kept a finished sequence's memory, gigabytes,
+    alive until Python's cycle collector happened to run)."""
+
+    n_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+    offload_device: torch.device
+    batch: int
+    quant: QuantSpec | None  # int8/int4 segments when set (see kv/quant.py)
+
+
 class LayerKV:
     """One layer's named segments plus method tensors (e.g. block representatives)."""
 
-    def __init__(self, store: KVStore):
-        # A weak link: the store owns its layers, and a cycle would keep a finished sequence's
-        # memory (gigabytes) alive until Python's cycle collector happened to run.
-        self._store = weakref.ref(store)
+    def __init__(self, layout: StoreLayout):
+        self._layout = layout
         self.segments: dict[str, KVSegment] = {}
         self.buffers: dict[str, GrowingBuffer] = {}
         self.offloaded: set[str] = set()
@@ -334,9 +347,7 @@ class LayerKV:
         selections); a store with a `quant` spec creates quantized segments.
         """
         if name not in self.segments:
-            s = self._store()
-            if s is None:
-                raise RuntimeError("this layer's KV store no longer exists")
+            s = self._layout
             device = s.offload_device if offload else s.device
             if offload:
                 self.offloaded.add(name)
@@ -357,12 +368,19 @@ class KVStore:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device | str, offload_device: torch.device | str | None = None,
                  batch: int = 1, quant: QuantSpec | None = None):
-        self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
-        self.dtype, self.batch = dtype, batch
-        self.quant = quant  # int8/int4 segments when set (see kv/quant.py)
-        self.device = torch.device(device)
-        self.offload_device = torch.device(offload_device) if offload_device else torch.device("cpu")
-        self.layers = [LayerKV(self) for _ in range(n_layers)]
+        self.n_layers = n_layers
+        self.layout = StoreLayout(n_kv_heads, head_dim, dtype, torch.device(device),
+                                  torch.device(offload_device) if offload_device else torch.device("cpu"),
+                                  batch, quant)
+        self.layers = [LayerKV(self.layout) for _ in range(n_layers)]
+
+    n_kv_heads = property(lambda self: self.layout.n_kv_heads)
+    head_dim = property(lambda self: self.layout.head_dim)
+    dtype = property(lambda self: self.layout.dtype)
+    device = property(lambda self: self.layout.device)
+    offload_device = property(lambda self: self.layout.offload_device)
+    batch = property(lambda self: self.layout.batch)
+    quant = property(lambda self: self.layout.quant)
 
     def __getitem__(self, layer: int) -> LayerKV:
         return self.layers[layer]
@@ -371,7 +389,7 @@ class KVStore:
         """Quantize the segments created from now on; only allowed while the store is empty."""
         if any(layer.segments for layer in self.layers):
             raise ValueError("KV quantization must be chosen before anything is stored")
-        self.quant = quant
+        self.layout.quant = quant
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors: "{layer}.{seg|cold}.{name}.{keys|values|positions}" and "{layer}.buf.{name}".
@@ -391,7 +409,7 @@ class KVStore:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Replace every layer's contents with `state` (as produced by `state_dict`)."""
-        self.layers = [LayerKV(self) for _ in range(self.n_layers)]
+        self.layers = [LayerKV(self.layout) for _ in range(self.n_layers)]
         grouped: dict[tuple[int, str, bool], dict[str, torch.Tensor]] = defaultdict(dict)
         for key, tensor in state.items():
             index, kind, rest = key.split(".", 2)
