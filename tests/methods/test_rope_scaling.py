@@ -96,9 +96,10 @@ def test_invalid_combinations_are_refused_with_the_options_before_any_model():
         with pytest.raises(LongreachError, match="self_extend assigns positions itself"):
             method_config("self_extend", {"rope_scaling": scaling, "rope_factor": "2"})
     # a model whose own config declares dynamic NTK is refused when the session is built
-    with pytest.raises(LongreachError, match="dynamic NTK"):
-        tiny_lm(method="infllm", model=tiny_hf_model(rope_parameters={"rope_type": "dynamic", "factor": 2.0,
-                                                                        "rope_theta": 10000.0})).new_session()
+    dynamic_model = tiny_hf_model(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    for method in ("infllm", "self_extend"):
+        with pytest.raises(LongreachError, match="dynamic NTK"):
+            tiny_lm(method=method, model=dynamic_model).new_session()
 
 
 def test_int8_kv_composes_with_infllm():

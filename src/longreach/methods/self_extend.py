@@ -28,6 +28,7 @@ class SelfExtendConfig(MethodConfig):
     name = "self_extend"
     summary = "Self-Extend: true positions within a neighbour window, grouped positions beyond"
     no_rope_scaling = "assigns positions itself and does not combine with RoPE scaling"
+    no_dynamic_ntk = "assigns positions itself"
 
     group_size: int = option(8, "G: tokens sharing one grouped position beyond the window")
     window: int = option(1024, "W: keys closer than this keep their true relative position")
@@ -37,7 +38,6 @@ class SelfExtendConfig(MethodConfig):
         check(self.window >= 1, "window must be >= 1")
 
     def build(self, ctx) -> SelfExtendPolicy:
-        check(ctx.rope.rope_type != "dynamic", f"self_extend {self.no_rope_scaling} (the model's dynamic NTK)")
         if ctx.trained_window:
             check(self.window < ctx.trained_window,
                   f"window ({self.window}) must be smaller than the trained window ({ctx.trained_window})")
