@@ -35,16 +35,17 @@ SNAP = {"budget": 2048}
 SQUEEZE = {"budget": 0.125}
 
 # name -> (method, options, longest input worth running: dense attention past 16K on 2 cores
-# takes hours per sample, and positions=true must fit the trained window)
+# takes hours per sample, and positions=true must fit the trained window; self_extend and yarn
+# go to 64K so that `--lengths 48k,64k` finds where each breaks)
 CONFIGS: dict[str, tuple[str, dict, int]] = {
     "dense": ("dense", {}, 16384),
     "dense+int8": ("dense", {"kv_quant": "int8"}, 16384),
     "dense+int4": ("dense", {"kv_quant": "int4"}, 16384),
-    "yarn": ("dense", {"rope_scaling": "yarn", "target_length": 32768}, 32768),
+    "yarn": ("dense", {"rope_scaling": "yarn", "target_length": 32768}, 65536),
     "ntk": ("dense", {"rope_scaling": "ntk", "target_length": 32768}, 32768),
     "dynamic-ntk": ("dense", {"rope_scaling": "dynamic", "target_length": 32768}, 32768),
     "linear": ("dense", {"rope_scaling": "linear", "target_length": 32768}, 32768),
-    "self_extend": ("self_extend", {"group_size": 8, "window": 1024}, 32768),
+    "self_extend": ("self_extend", {"group_size": 8, "window": 1024}, 65536),
     "streaming": ("streaming", {}, 32768),
     "streaming+yarn": ("streaming", {"window": 12288, "rope_scaling": "yarn", "rope_factor": 2.0}, 32768),
     "infllm": ("infllm", {}, 32768),
@@ -131,7 +132,7 @@ def plot(cells: list[dict], path: Path) -> None:
     for c in cells:
         groups[(c["config"], c["length"])].append(c)
     fig, ax = plt.subplots(figsize=(10, 6.5))
-    markers = {4096: "o", 8192: "s", 16384: "^", 32768: "D"}
+    markers = {4096: "o", 8192: "s", 16384: "^", 32768: "D", 49152: "v", 65536: "P"}
     colours = {name: plt.cm.tab20(i % 20) for i, name in enumerate(CONFIGS)}
     for (config, length), group in sorted(groups.items()):
         kv = sum(c["kv_bytes"] for c in group) / len(group) / 2**20
@@ -141,7 +142,7 @@ def plot(cells: list[dict], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("KV memory at the end of generation (MiB, log scale)")
     ax.set_ylabel("accuracy (passkey + RULER NIAH)")
-    ax.set_title("SmolLM2-135M: accuracy vs KV memory (marker: o 4K, s 8K, ^ 16K, D 32K)")
+    ax.set_title("SmolLM2-135M: accuracy vs KV memory (marker: o 4K, s 8K, ^ 16K, D 32K, v 48K, P 64K)")
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
