@@ -2,7 +2,9 @@
 
 For each configuration x task x length x sample: accuracy, prefill and decode tokens/s, KV bytes
 at the end of the generation, and for `squeezed` the keys each decode step touches (selected
-context keys + centroids scored + the unclustered tokens) against attending the whole context.
+context keys + centroids scored + the unclustered tokens) against attending the whole context,
+and the time of both per layer call (the whole context timed for the same query in the same step,
+its result unused).
 Tasks: the classic passkey (noise haystack, depths 0.1/0.5/0.9) and RULER's NIAH (essay
 haystack, `--ruler` subtasks), `--samples` seeds each. `squeezed` gets the document first and
 the question after it (its use case, a fixed context questioned many times): the document is
@@ -93,6 +95,8 @@ def run_cell(lm, sample, scorer, chunk: int, fixed_context: bool) -> dict:
     `fixed_context`: the document is prefilled first and the question after it (squeezed clusters
     the document between the two, so its lookup decides the question and the answer)."""
     session = lm.new_session()
+    if hasattr(session.policy, "time_whole_context"):  # squeezed: time the attention it replaces too
+        session.policy.time_whole_context = True
     t0 = time.perf_counter()
     if fixed_context:
         session.prefill(sample.prompt_ids[:sample.context_end], chunk, final=False)
@@ -120,6 +124,9 @@ def run_cell(lm, sample, scorer, chunk: int, fixed_context: bool) -> dict:
         read = touched["selected"] + touched["centroids"] + touched["other"]
         cell["decode_keys_touched"] = read / touched["steps"]
         cell["decode_cost_ratio"] = (touched["context"] + touched["other"]) / max(read, 1)
+        timing = session.policy.timing  # seconds over the decode steps' layer calls
+        cell["decode_attention_us"] = 1e6 * (timing["other"] + timing["lookup"]) / touched["steps"]
+        cell["decode_attention_whole_us"] = 1e6 * (timing["other"] + timing["whole"]) / touched["steps"]
     return cell
 
 
@@ -163,12 +170,13 @@ def summarise(cells: list[dict]) -> str:
         for c in group:
             by_task[c["task"]].append(c["correct"])
         accuracy = ", ".join(f"{t} {sum(v) / len(v):.0%}" for t, v in sorted(by_task.items()))
-        ratio = mean("decode_cost_ratio")
+        ratio, used, whole = mean("decode_cost_ratio"), mean("decode_attention_us"), mean("decode_attention_whole_us")
         rows.append([config, f"{length // 1024}K", accuracy, f"{mean('prompt_tps'):.0f}",
                      f"{mean('generation_tps'):.1f}", f"{mean('kv_bytes') / 2**20:.1f}",
-                     f"{ratio:.1f}x" if ratio else ""])
+                     f"{ratio:.1f}x" if ratio else "",
+                     f"{whole:.0f} / {used:.0f} us = {whole / used:.1f}x" if used else ""])
     return markdown_table(["config", "length", "accuracy", "prefill tok/s", "decode tok/s", "KV MiB",
-                           "decode keys: whole / touched"], rows)
+                           "decode keys: whole / touched", "decode attention per layer: whole / lookup"], rows)
 
 
 def main() -> int:

@@ -269,3 +269,17 @@ def test_true_positions_refuse_an_input_past_the_trained_window():
         session.prefill(prompt_ids(16, seed=1), chunk=64)
     scaled = tiny_lm(method="squeezed", positions="true", rope_scaling="yarn", rope_factor=2.0).new_session()
     scaled.prefill(prompt_ids(window + 16), chunk=64)  # YaRN doubles the window it may reach
+
+
+@pytest.mark.parametrize("positions", ["infllm", "true"])
+def test_decode_timing_of_the_whole_context_leaves_the_output_alone(positions):
+    options = SMALL_INFLLM if positions == "infllm" else {"positions": "true", "obs_window": 8}
+    lm = tiny_lm(method="squeezed", budget=0.25, cluster_size=4, **options)
+    _, plain = _question_logits(lm, prompt_ids(200), prompt_ids(12, seed=4))
+    _, timed = _question_logits(lm, prompt_ids(200), prompt_ids(12, seed=4))
+    timed.policy.time_whole_context = True
+    torch.testing.assert_close(timed.step(7), plain.step(7), rtol=0, atol=0)
+    assert plain.policy.timing["whole"] == 0.0 and plain.policy.timing["lookup"] > 0
+    timing = timed.policy.timing
+    assert timing["whole"] > 0 and timing["lookup"] > 0 and timing["other"] > 0
+    assert len(timed.policy._whole) == lm.adapter.n_layers  # each layer's context read once

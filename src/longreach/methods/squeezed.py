@@ -25,6 +25,7 @@ Positions:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +91,10 @@ class SqueezedConfig(MethodConfig):
 
 
 class SqueezedPolicy(Policy):
+    # Set by a benchmark: each decode step also times exact attention over the whole clustered
+    # context for the same query, the cost the lookup replaces (see `timing`).
+    time_whole_context = False
+
     def __init__(self, ctx, config: SqueezedConfig, n_local: int | None):
         super().__init__(ctx)
         self.config, self.n_local = config, n_local
@@ -103,6 +108,11 @@ class SqueezedPolicy(Policy):
         # Decode cost, summed over layers and KV heads: context keys selected, context keys stored,
         # centroids scored, other keys attended ("steps" counts layer calls).
         self.touched = {"steps": 0, "selected": 0, "context": 0, "centroids": 0, "other": 0}
+        # Decode time, summed over layer calls: the unclustered tokens ("other"), the lookup with its
+        # exact attention over the selected keys ("lookup") and, with `time_whole_context`, exact
+        # attention over every context key for the same query ("whole", not used for the output).
+        self.timing = {"other": 0.0, "lookup": 0.0, "whole": 0.0}
+        self._whole: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def clustered(self) -> bool:
         return "centroids" in self.store[0].buffers
@@ -124,19 +134,43 @@ class SqueezedPolicy(Policy):
         recent = kv.segment("recent")
         n_past = len(recent)
         recent.append(k, v, positions)
+        started = self._clock()
         q_true = self.rope.rotate(q, positions)
         q_far = self.rope.rotate_one(q, self.n_local) if self.n_local is not None else None
         parts = self._recent(q_true, q_far, recent, positions, n_past)
         init = kv.segments.get("init")
         if init is not None and len(init):
             parts.append(attend(q_far, init.keys, init.values, scale))
-        memory = kv.segments.get("memory")
+        looked_up = self._clock()
+        memory, lookup_seconds = kv.segments.get("memory"), 0.0
         if memory is not None and len(memory) and self.clustered():
-            parts.append(self._selected(layer, memory, q_true if q_far is None else q_far))
+            q_memory = q_true if q_far is None else q_far
+            parts.append(self._selected(layer, memory, q_memory))
+            lookup_seconds = self._clock() - looked_up
+            if q.shape[2] == 1 and self.time_whole_context:
+                self._time_whole(layer, memory, q_memory)
         if q.shape[2] == 1:  # every KV head reads these (the other counters sum over KV heads too)
+            self.timing["other"] += looked_up - started
+            self.timing["lookup"] += lookup_seconds
             unclustered = len(recent) + (len(init) if init is not None else 0)
             self.touched["other"] += unclustered * self.ctx.n_kv_heads
         return merge(parts)[0]
+
+    def _time_whole(self, layer, memory, q) -> None:
+        """Time exact attention of `q` over every context key (keys read once, outside the timer)."""
+        if layer not in self._whole:
+            keys, values = memory.keys.to(self.ctx.device), memory.values.to(self.ctx.device)
+            if self.n_local is None:
+                keys = self.rope.rotate(keys, memory.positions)
+            self._whole[layer] = keys, values
+        started = self._clock()
+        attend(q, *self._whole[layer], self.ctx.scale)
+        self.timing["whole"] += self._clock() - started
+
+    def _clock(self) -> float:
+        if self.time_whole_context and self.ctx.device.type == "cuda":
+            torch.cuda.synchronize()  # kernels run asynchronously: wait for them before reading the time
+        return time.perf_counter()
 
     def _recent(self, q_true, q_far, recent, positions, n_past) -> list[Partial]:
         """Unclustered tokens: true relative positions within n_local, distance n_local beyond."""
