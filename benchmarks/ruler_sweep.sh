@@ -15,14 +15,16 @@ cd "$(dirname "$0")/.."
 
 RULER_OUT=${RULER_OUT:-docs/results/ruler_smollm2}
 NIAH_OUT=${NIAH_OUT:-docs/results/niah_smollm2}
-# The 11 synthetic RULER tasks (qa_1 and qa_2 read SQuAD / HotpotQA files: add them with --squad / --hotpotqa).
+# RULER's 13 tasks. The 11 synthetic ones are generated offline; qa_1 and qa_2 read SQuAD / HotpotQA
+# files (pass --squad FILE / --hotpotqa FILE): without them they are skipped and the report says so.
 SYNTHETIC=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery,vt,cwe,fwe
+TASKS=$SYNTHETIC,qa_1,qa_2
 DEPTHS=0:100:11
 
 part=${1:-all}
 shift || true
 
-ruler() { longreach bench --task ruler --subtasks "$SYNTHETIC" --seed 0 --out "$RULER_OUT" "$@"; }
+ruler() { longreach bench --task ruler --subtasks "$TASKS" --seed 0 --out "$RULER_OUT" "$@"; }
 niah() { longreach bench --task niah --depths "$DEPTHS" --out "$NIAH_OUT" "$@"; }
 
 run() {
