@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+
+from longreach.machine import machine_facts, machine_label
 
 
 class ResultFile:
@@ -33,7 +34,9 @@ class ResultFile:
         return key in self.data["cells"]
 
     def put(self, key: str, value: dict) -> None:
-        self.data["cells"][key] = value
+        """Record a finished cell, stamped with the machine it ran on (a file filled over
+        several sessions may mix machines; the header's `machine` is the latest run's)."""
+        self.data["cells"][key] = {**value, "machine": value.get("machine") or machine_label()}
         self.save()
 
     def put_extra(self, key: str, value) -> None:
@@ -45,12 +48,6 @@ class ResultFile:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1, default=str))
         os.replace(tmp, self.path)
-
-
-def machine_facts() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d")}
 
 
 def matmul_gflops(size: int = 1024, seconds: float = 2.0) -> float:
@@ -68,3 +65,12 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def machines_line(cells: list[dict]) -> str:
+    """The line "Measured on: <machine>: N cells; ..." for a file filled over several sessions."""
+    counts: dict[str, int] = {}
+    for cell in cells:
+        label = cell.get("machine") or "not recorded"
+        counts[label] = counts.get(label, 0) + 1
+    return "Measured on: " + "; ".join(f"{label}: {n} cells" for label, n in counts.items()) + "."

@@ -5,9 +5,10 @@ moment, and its tokens/s would then stand in a published table. This script remo
 from a results directory (`longreach bench`, `results.jsonl`) or a benchmark result file
 (`methods_compare.py`, JSON): a sample is dropped when its prefill tokens/s is below `--below`
 (default 0.8) times the median of its group, the samples of the same task, length and method (with
-options). Rerunning the same command then re-measures exactly those samples (same prompts, same
-greedy answers). Nothing is lost: dropped samples are appended to `dropped.jsonl` in the directory
-(`<name>.dropped.jsonl` beside a JSON file).
+options) measured on the same machine (records name it; older ones form one group). Rerunning the
+same command then re-measures exactly those samples (same prompts, same greedy answers). Nothing
+is lost: dropped samples are appended to `dropped.jsonl` in the directory (`<name>.dropped.jsonl`
+beside a JSON file).
 
 Run it only while no sweep writes the file (a running sweep would keep writing to the old copy).
 
@@ -41,7 +42,8 @@ def _results_dir(path: Path, below: float, dry_run: bool) -> list[dict]:
     samples = [json.loads(line) for line in lines]
 
     def group(s):
-        return s["task"], s["length"], s["method"], json.dumps(s.get("method_options", {}), sort_keys=True)
+        return (s["task"], s["length"], s["method"], json.dumps(s.get("method_options", {}), sort_keys=True),
+                s.get("machine", ""))
 
     dropped = set(slow(samples, group, lambda s: s["prefill_tps"], below))
     if not dry_run and dropped:
@@ -53,7 +55,7 @@ def _result_file(path: Path, below: float, dry_run: bool) -> list[dict]:
     data = json.loads(path.read_text())
     keys = list(data["cells"])
     cells = [data["cells"][k] | {"key": k} for k in keys]
-    dropped = slow(cells, lambda c: (c["config"], c["length"]), lambda c: c["prompt_tps"], below)
+    dropped = slow(cells, lambda c: (c["config"], c["length"], c.get("machine", "")), lambda c: c["prompt_tps"], below)
     if not dry_run and dropped:
         for i in dropped:
             del data["cells"][keys[i]]

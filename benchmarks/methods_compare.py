@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import ResultFile, markdown_table
+from common import ResultFile, machines_line, markdown_table
 
 import longreach
 from longreach.tasks import passkey_sample, score_passkey
@@ -233,7 +233,7 @@ def main() -> int:
     out.with_suffix(".md").write_text(
         "# Methods side by side on SmolLM2-135M-Instruct\n\n"
         f"Command: `python benchmarks/methods_compare.py --lengths {args.lengths} --tasks {args.tasks}`\n\n"
-        + table + f"\n\n![accuracy vs KV memory]({out.with_suffix('.png').name})\n")
+        + table + f"\n\n{machines_line(cells)}\n\n![accuracy vs KV memory]({out.with_suffix('.png').name})\n")
     print(table)
     return 0
 

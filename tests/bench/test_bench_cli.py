@@ -5,6 +5,8 @@ import json
 import pytest
 from bench_helpers import FAST_INFLLM, cli, records, tiny_model_dir
 
+from longreach.machine import machine_label
+
 BASE = ["--max-new-tokens", 2, "--no-progress"]
 
 
@@ -24,6 +26,7 @@ def test_ruler_sweep_then_report(tmp_path, capsys, model):
     assert len(rows) == 2 * 2 * 2  # subtasks x lengths x methods
     infllm = "infllm[block_size=32,exec_block=64,n_init=16,n_local=256,topk_blocks=2]"
     assert {r["method"] for r in rows} == {"dense", infllm}
+    assert {r["machine"] for r in rows} == {machine_label("cpu")}  # where each sample's speed was measured
     code, _, err = cli(capsys, "bench", "--task", "ruler", "--subtasks", "niah_single_1,vt,qa_1", "--lengths",
                        "1k,1536", "--methods", f"dense,{FAST_INFLLM}", "--samples", 1, "--model", model,
                        "--out", out, *BASE)
@@ -34,6 +37,7 @@ def test_ruler_sweep_then_report(tmp_path, capsys, model):
     md = (out / "report.md").read_text()
     assert "effective length" in md and "| niah_single_1 |" in md and "qa_1 skipped" in md
     assert "Suite overhead" in md and "(figures/accuracy_vs_kv.png)" in md
+    assert f"Measured on: {machine_label('cpu')}: 8 samples." in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html and "src=\"figures" not in html
 

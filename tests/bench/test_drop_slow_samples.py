@@ -12,9 +12,9 @@ def run(*args):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
 
 
-def row(key, length, method, tps, options=None):
+def row(key, length, method, tps, options=None, machine=None):
     return {"key": key, "task": "ruler", "length": length, "method": method,
-            "method_options": options or {}, "prefill_tps": tps}
+            "method_options": options or {}, "prefill_tps": tps, **({"machine": machine} if machine else {})}
 
 
 def test_results_dir_drops_slow_samples_per_group(tmp_path):
@@ -22,17 +22,19 @@ def test_results_dir_drops_slow_samples_per_group(tmp_path):
             # another group: slow on the whole, none below 0.8 x its own median
             row("d", 32768, "infllm", 150), row("e", 32768, "infllm", 160), row("f", 32768, "infllm", 155),
             # same method, other options: a group of its own
-            row("g", 4096, "dense", 100, {"kv_quant": "int8"})]
+            row("g", 4096, "dense", 100, {"kv_quant": "int8"}),
+            # a slower machine: compared with its own samples only
+            row("h", 4096, "dense", 150, machine="old CPU"), row("i", 4096, "dense", 140, machine="old CPU")]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     dry = run(tmp_path, "--dry-run")
     assert dry.returncode == 0 and "would drop c " in dry.stdout
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 7
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 9
 
     done = run(tmp_path)
     assert done.returncode == 0, done.stderr
     kept = [json.loads(line)["key"] for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert kept == ["a", "b", "d", "e", "f", "g"]
+    assert kept == ["a", "b", "d", "e", "f", "g", "h", "i"]
     assert [json.loads(line)["key"] for line in (tmp_path / "dropped.jsonl").read_text().splitlines()] == ["c"]
 
 

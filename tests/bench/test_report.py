@@ -130,3 +130,16 @@ def test_unreadable_result_line_is_listed(tmp_path):
         out.write(record("passkey", "passkey", 4096, "dense", 1.0, depth=0.5))
     write_report(tmp_path)
     assert "ignored results.jsonl:1" in (tmp_path / "report.md").read_text()
+
+
+def test_machines_named_when_speeds_come_from_several(tmp_path):
+    rows = [record("ruler", "vt", 4096, "dense", 1.0, sample=s) for s in range(3)]
+    rows[1].machine = rows[2].machine = "CPU X, 2 cores, 2 torch threads"
+    md, _ = write(tmp_path, "ruler", rows)
+    assert ("Measured on: not recorded (samples measured before records named their machine): 1 samples; "
+            "CPU X, 2 cores, 2 torch threads: 2 samples. Speeds from different machines") in md
+
+
+def test_no_machine_line_when_none_was_recorded(tmp_path):
+    md, _ = write(tmp_path, "ruler", [record("ruler", "vt", 4096, "dense", 1.0)])
+    assert "Measured on" not in md

@@ -229,6 +229,19 @@ def _costs(doc: Document, records: list[Record]) -> None:
                      max(r.peak_memory_mb for r in group), mean(r.seconds for r in group)])
     doc.table(["method", "length", "samples", "accuracy %", *(["needle recall"] if recall else []),
                "prompt tokens", "prefill tok/s", "decode tok/s", "KV MiB", "peak MB", "s/sample"], rows)
+    _machines(doc, records)
+
+
+def _machines(doc: Document, records: list[Record]) -> None:
+    """Which machines the speeds come from (a sweep run in parts may span several)."""
+    if not any(r.machine for r in records):
+        return
+    counts: dict[str, int] = {}
+    for r in records:
+        label = r.machine or "not recorded (samples measured before records named their machine)"
+        counts[label] = counts.get(label, 0) + 1
+    doc.paragraph("Measured on: " + "; ".join(f"{label}: {n} samples" for label, n in counts.items())
+                  + (". Speeds from different machines are averaged together above." if len(counts) > 1 else "."))
 
 
 def _heatmaps(doc: Document, records: list[Record], figures: Path) -> None:

@@ -54,6 +54,7 @@ class Record:
     score_seconds: float
     needle_recall: float | None = None
     meta: dict = field(default_factory=dict)   # dataset, difficulty, item id, ...
+    machine: str = ""             # where it ran (longreach.machine.machine_label); "" before it was recorded
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..diagnostics import needle_block_recall
 from ..errors import LongreachError
+from ..machine import machine_label
 from . import score
 from .cells import Cell, MethodSpec, Unit
 from .haystacks import haystack_kind
@@ -145,7 +146,8 @@ def run_methods(lm, sample: Sample, cell: Cell, methods: list[MethodSpec], seed:
             peak_memory_mb=stats.peak_memory_mb,
             kv_bytes=stats.kv_bytes, seconds=stats.prefill_seconds + stats.decode_seconds,
             build_seconds=build_seconds / len(methods), score_seconds=0.0, needle_recall=recall,
-            meta={k: sample.meta[k] for k in META_KEYS if k in sample.meta}))
+            meta={k: sample.meta[k] for k in META_KEYS if k in sample.meta},
+            machine=machine_label(lm.device)))
         records[-1].score_seconds = time.perf_counter() - start
     return records
 
