@@ -96,6 +96,28 @@ def test_infllm_records_needle_block_recall(tmp_path, lm):
     assert row["needle_recall"] is not None and 0 <= row["needle_recall"] <= 1
 
 
+def test_a_fixed_context_method_gets_the_document_before_the_question(tmp_path, lm, monkeypatch):
+    """squeezed clusters the document alone: the runner marks where the question starts."""
+    seen, real = [], LongLM.generate
+
+    def generate(self, prompt, *args, **kwargs):
+        seen.append((self.method.name, prompt, kwargs.get("document_end")))
+        return real(self, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(LongLM, "generate", generate)
+    squeezed = "squeezed:budget=0.25,n_local=256,block_size=32,topk_blocks=2,n_init=16,exec_block=64"
+    sweep = SweepSpec("ruler", ["niah_single_1"], [1024], samples=1)
+    run_bench(BenchConfig(sweep, tmp_path / "run", parse_methods([f"dense,{squeezed}"]), model=tiny_model_dir(),
+                          max_new_tokens=2, progress=False), lm=lm)
+    (_, _, dense_end), (name, prompt, end) = seen
+    assert dense_end is None and name == "squeezed" and 0 < end < len(prompt)
+    question = lm.tokenizer.decode(prompt[end:])
+    assert "What is the special magic number" in question and "The grass is green" not in question
+    assert lm.tokenizer.decode(prompt[:end]).rstrip().endswith("The grass is green. The sky is blue. The sun is "
+                                                                "yellow. Here we go. There and back again.")
+    assert [r["method_name"] for r in records(tmp_path / "run")] == ["dense", "squeezed"]
+
+
 def test_directory_of_another_configuration_is_refused(tmp_path, lm):
     out = tmp_path / "run"
     run_bench(config(out, samples=1), lm=lm)

@@ -65,6 +65,33 @@ def test_a_stored_context_answers_like_processing_everything():
     assert context.position == 100  # the context itself is untouched
 
 
+@pytest.mark.parametrize("method, options", [
+    ("dense", {}),
+    ("squeezed", {"budget": 0.25, "cluster_size": 4, "n_local": 32, "n_init": 4, "block_size": 8,
+                  "topk_blocks": 2, "exec_block": 16}),
+])
+def test_a_marked_document_is_processed_like_a_stored_context(method, options):
+    """generate(..., document_end=k) prefills the first k tokens as a document (squeezed clusters
+    them alone), then the question: the answer a stored context of those k tokens gives."""
+    lm = tiny_lm(method=method, prefill_chunk=16, **options)
+    document, question = prompt_ids(120), prompt_ids(12, seed=5)
+    context = lm.new_session()
+    context.prefill(document, chunk=16, final=False)
+    stored = lm.generate(question, max_new_tokens=6, context=context)
+    progress = []
+    marked = lm.generate(document + question, max_new_tokens=6, document_end=len(document),
+                         on_progress=lambda done, total: progress.append((done, total)))
+    assert marked.token_ids == stored.token_ids
+    assert marked.stats.prompt_tokens == 132 and marked.stats.cached_tokens == 0
+    assert progress[0] == (16, 132) and progress[-1] == (132, 132) and progress == sorted(progress)
+
+
+@pytest.mark.parametrize("end", [0, 132, -1])
+def test_a_document_end_outside_the_prompt_is_refused(end):
+    with pytest.raises(LongreachError, match="document_end must lie inside the prompt"):
+        tiny_lm().generate(prompt_ids(132), max_new_tokens=2, document_end=end)
+
+
 def test_all_logits_match_last_logits():
     lm = tiny_lm()
     ids = prompt_ids(40)

@@ -45,6 +45,20 @@ def test_add_ask_list_remove(capsys, setup):
     assert "no contexts" in out
 
 
+def test_squeezed_reads_a_file_as_a_fixed_document_like_a_stored_context(capsys, setup):
+    """`ask --file` gives squeezed the document first (clustered alone), then the question: the
+    same answer as a stored context of that document."""
+    doc, store, model = setup
+    squeezed = [*model[:2], "--method", "squeezed", "-o", "budget=0.25", "-o", "n_local=64",
+                "-o", "block_size=16", "-o", "n_init=4", "-o", "exec_block=32", "--prefill-chunk", "64"]
+    assert _run(capsys, ["context", "add", str(doc), "--name", "m", *store, *squeezed])[0] == 0
+    question = ["--question", "What is the warranty period?", "--max-new-tokens", "8"]
+    code, from_context, _ = _run(capsys, ["ask", "--context", "m", *question, *store, *squeezed])
+    assert code == 0
+    code, from_file, _ = _run(capsys, ["ask", "--file", str(doc), *question, *squeezed])
+    assert code == 0 and from_file == from_context
+
+
 def _error(capsys, argv, fragment):
     code, _, err = _run(capsys, argv)
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err

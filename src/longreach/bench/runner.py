@@ -126,8 +126,12 @@ def run_methods(lm, sample: Sample, cell: Cell, methods: list[MethodSpec], seed:
     for spec in methods:
         if spec.label not in lms:
             lms[spec.label] = lm.with_method(spec.config())
-        result = lms[spec.label].generate(sample.prompt_ids, new_tokens, trace=trace,
-                                          stop=list(sample.meta.get("stop") or []))
+        lm_spec = lms[spec.label]
+        # a fixed-context method (squeezed) gets the document first, then the question
+        split = sample.context_end
+        document_end = split if lm_spec.method.fixed_context and split and split < len(sample.prompt_ids) else None
+        result = lm_spec.generate(sample.prompt_ids, new_tokens, trace=trace, document_end=document_end,
+                                  stop=list(sample.meta.get("stop") or []))
         start = time.perf_counter()
         value = score(result.text, sample)
         recall = None

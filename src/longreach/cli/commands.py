@@ -78,8 +78,16 @@ def run_ask(args):
     document = read_text(args.file)
     sampling = sampling_kwargs(args)
     lm = load_lm(args)
-    messages = [{"role": "user", "content": f"{document}\n\n{question_text(args.question)}"}]
-    _stream_out(lm, lm.chat_ids(messages), args, sampling)
+    if not lm.method.fixed_context:
+        user_text = f"{document}\n\n{question_text(args.question)}"
+        _stream_out(lm, lm.chat_ids([{"role": "user", "content": user_text}]), args, sampling)
+        return 0
+    # a fixed-context method (squeezed) processes the document before the question, with the
+    # same ids as a stored context of the file and a question over it
+    from ..serve.prompts import chat_continuation, context_text
+    context = context_text(lm, document)
+    question = chat_continuation(lm, [{"role": "user", "content": question_text(args.question)}], context.head)
+    _stream_out(lm, context.ids + question, args, sampling, document_end=len(context.ids))
     return 0
 
 
@@ -105,9 +113,10 @@ def run_generate(args):
     return 0
 
 
-def _stream_out(lm, ids, args, sampling: dict, context=None):
+def _stream_out(lm, ids, args, sampling: dict, context=None, document_end=None):
     progress = PrefillProgress()
-    run = lm.run(ids, args.max_new_tokens, on_progress=progress, context=context, **sampling)
+    run = lm.run(ids, args.max_new_tokens, on_progress=progress, context=context, document_end=document_end,
+                 **sampling)
     for piece in run:
         progress.close()
         sys.stdout.write(piece)

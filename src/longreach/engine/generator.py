@@ -145,7 +145,8 @@ class LongLM:
     # --- generation -------------------------------------------------------------------
     def generate(self, prompt: str | list[int], max_new_tokens: int = 128, *,
                  on_progress: ProgressFn | None = None, trace: bool = False,
-                 context: Session | None = None, **sampling) -> GenerationResult:
+                 context: Session | None = None, document_end: int | None = None,
+                 **sampling) -> GenerationResult:
         """Generate a completion of `prompt` (text or token ids).
 
         Args:
@@ -155,28 +156,37 @@ class LongLM:
             trace: record the method's block selections in the result.
             context: a session already holding a processed document; the prompt continues a
                 fork of it (the context itself is left unchanged).
+            document_end: the prompt's first `document_end` tokens are a document and the rest
+                a question about it: the document is prefilled first, as a stored context would
+                be (a fixed-context method such as `squeezed` processes it before the question).
             **sampling: temperature, top_k, top_p, repetition_penalty, seed, stop.
         Returns:
             A GenerationResult with text, finish_reason and stats.
         """
         run = self.run(prompt, max_new_tokens, on_progress=on_progress, trace=trace, context=context,
-                       **sampling)
+                       document_end=document_end, **sampling)
         for _ in run:
             pass
         return run.result
 
     def stream(self, prompt: str | list[int], max_new_tokens: int = 128, *,
                on_progress: ProgressFn | None = None, context: Session | None = None,
-               **sampling) -> Iterator[str]:
-        """Yield text pieces as they are generated."""
-        yield from self.run(prompt, max_new_tokens, on_progress=on_progress, context=context, **sampling)
+               document_end: int | None = None, **sampling) -> Iterator[str]:
+        """Yield text pieces as they are generated (arguments as for `generate`)."""
+        yield from self.run(prompt, max_new_tokens, on_progress=on_progress, context=context,
+                            document_end=document_end, **sampling)
 
     def run(self, prompt: str | list[int], max_new_tokens: int = 128, *,
             on_progress: ProgressFn | None = None, trace: bool = False,
-            context: Session | None = None, **sampling) -> GenerationRun:
+            context: Session | None = None, document_end: int | None = None,
+            **sampling) -> GenerationRun:
         """A generation to iterate over for text pieces; its `result` is set once iteration ends."""
         params = SamplingParams(max_new_tokens=max_new_tokens, **sampling)
-        return GenerationRun(self, self.encode(prompt), params, on_progress, trace, context)
+        ids = self.encode(prompt)
+        if document_end is not None and not 0 < document_end < len(ids):
+            raise LongreachError(f"document_end must lie inside the prompt (1..{len(ids) - 1}), "
+                                 f"got {document_end}")
+        return GenerationRun(self, ids, params, on_progress, trace, context, document_end)
 
     def chat(self, messages: list[dict], max_new_tokens: int = 128, **kwargs) -> GenerationResult:
         """Generate the assistant's reply to `messages` using the tokenizer's chat template."""
@@ -200,10 +210,21 @@ class GenerationRun:
     """
 
     def __init__(self, lm: LongLM, ids: list[int], params: SamplingParams,
-                 on_progress: ProgressFn | None, trace: bool, context: Session | None = None):
+                 on_progress: ProgressFn | None, trace: bool, context: Session | None = None,
+                 document_end: int | None = None):
         self.lm, self.ids, self.params = lm, ids, params
         self.on_progress, self.trace, self.context = on_progress, trace, context
+        self.document_end = document_end
         self.result: GenerationResult | None = None
+
+    def _prefill(self, session: Session) -> torch.Tensor:
+        """The prompt's logits: the document first (not ending the prompt) when it is marked."""
+        ids, chunk, split, report = self.ids, self.lm.prefill_chunk, self.document_end, self.on_progress
+        if split is None:
+            return session.prefill(ids, chunk, report)
+        total = len(ids)
+        session.prefill(ids[:split], chunk, report and (lambda done, _: report(done, total)), final=False)
+        return session.prefill(ids[split:], chunk, report and (lambda done, _: report(split + done, total)))
 
     def __iter__(self) -> Iterator[str]:
         lm, params = self.lm, self.params
@@ -216,7 +237,7 @@ class GenerationRun:
             session, cached = lm.new_session(trace=self.trace), 0
         sampler = Sampler(params, device)
         t0 = time.perf_counter()
-        logits = session.prefill(self.ids, lm.prefill_chunk, self.on_progress)
+        logits = self._prefill(session)
         t1 = time.perf_counter()
         history = torch.tensor(self.ids, dtype=torch.long)
         generated: list[int] = []

@@ -73,6 +73,9 @@ class MethodConfig:
     no_dynamic_ntk: typing.ClassVar[str] = ""
     # Why the method takes no RoPE scaling at all, or "" when it does (refused with the options).
     no_rope_scaling: typing.ClassVar[str] = ""
+    # True when the method treats a prompt's document as a fixed context processed before the
+    # question (Squeezed Attention clusters it): benchmarks then give it the document first.
+    fixed_context: typing.ClassVar[bool] = False
 
     rope_scaling: str | None = option(None, f"RoPE scaling: {', '.join(SCALINGS)} (none by default)")
     rope_factor: float | None = option(None, "RoPE scaling factor; default: target_length / trained window")

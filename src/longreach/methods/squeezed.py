@@ -44,6 +44,7 @@ INDEX_BUFFERS = ("centroids", "labels", "coarse", "parent", "threshold")
 class SqueezedConfig(MethodConfig):
     name = "squeezed"
     no_dynamic_ntk = "clusters keys at fixed rotations"
+    fixed_context = True
     summary = "Squeezed Attention: clustered fixed context, each query attends its best clusters"
 
     positions: str = option("infllm", "infllm (InfLLM prefill and positions: any length) or true "
