@@ -71,6 +71,27 @@ def test_jsonl_task_malformed_line_reported_rest_runs(tmp_path, capsys, model, w
     assert any(n["kind"] == "problem" and "mine.jsonl:2:" in n["text"] for n in notes)
 
 
+def test_data_edited_after_a_run_is_refused_on_resume(tmp_path, capsys, model, write_jsonl):
+    """Fixing a malformed line shifts the items after it: resuming would file answers under other
+    prompts, so it is refused and the recorded results stay as they were."""
+    good = [{"context": "The cat is black.", "question": "What color is the cat?", "answers": ["black"]},
+            {"context": "It rained on Monday.", "question": "When did it rain?", "answers": "Monday"}]
+    data = write_jsonl(tmp_path / "mine.jsonl", [good[0], "{not json", good[1]])
+    out = tmp_path / "mine"
+    args = ["bench", "--task", "jsonl", "--data", data, "--lengths", "512", "--method", "dense", "--model", model,
+            "--out", out, *BASE]
+    assert cli(capsys, *args)[0] == 0
+    before = (out / "results.jsonl").read_text()
+    write_jsonl(data, [good[0], {"context": "Bob is 7.", "question": "How old is Bob?", "answers": "7"}, good[1]])
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "item 1 of jsonl" in err and "the data changed" in err
+    assert (out / "results.jsonl").read_text() == before
+    write_jsonl(data, [*good, {"context": "Bob is 7.", "question": "How old is Bob?", "answers": "7"}])
+    code, _, err = cli(capsys, *args)  # an item appended after the recorded ones: the run resumes
+    assert code == 0 and len(records(out)) == 3, err
+
+
 def _longbench_data(directory, write_jsonl):
     context = " ".join(f"Passage {i}: the river number {i} flows north." for i in range(300))
     rows = [{"input": "Which way does river 7 flow?", "context": context, "answers": ["north"], "length": 3000,

@@ -143,8 +143,6 @@ class ResultsDir:
                         problems.append(f"{self.results_file.name}:{number}: unreadable record ({exc})")
         return records
 
-    def done_keys(self) -> set[str]:
-        return {record.key for record in self.read()}
 
     def appender(self) -> Appender:
         return Appender(self.results_file)

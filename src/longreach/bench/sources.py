@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import LongreachError
 from .cells import Cell
 from .prompting import Sample
+from .results import prompt_hash
 from .tasks import TaskOptions, check_options, get_task, load_samples, make_sample, resolve_subtasks, skip_reason
 
 DEFAULT_SAMPLES = 5
@@ -120,6 +121,25 @@ class SampleSource:
             if not self.from_data:
                 sample = self.sample(cell)
                 self._built[cell] = (sample, self.last_seconds)
+
+    def check_recorded(self, recorded: dict[str, str], labels: list[str]) -> None:
+        """Refuse to resume a data task whose prompts changed since they were recorded.
+
+        Data cells are numbered by their place among the usable items, so an edited file (a line
+        fixed, added or removed) would shift them: `recorded` maps record keys to prompt hashes.
+        """
+        if not self.from_data:
+            return
+        for cell in self.cells():
+            samples = self._load(cell.subtask, cell.length)
+            sample = samples[cell.sample]
+            for label in labels:
+                before = recorded.get(cell.key(label))
+                if before is not None and sample is not None and before != prompt_hash(sample.prompt_ids):
+                    raise LongreachError(
+                        f"item {cell.sample} of {self.spec.task} {cell.subtask} at {cell.length} tokens is "
+                        f"another prompt than the one recorded for {label}: the data changed since this "
+                        f"directory was filled; use another --out (the recorded results are kept)")
 
     def _load(self, subtask: str, length: int) -> list[Sample]:
         key = (subtask, length)
