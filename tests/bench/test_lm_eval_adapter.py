@@ -55,6 +55,29 @@ def test_logprobs_match_the_model(adapter):
         assert value == pytest.approx(reference_logprob(adapter.lm, ids, first), rel=1e-4, abs=1e-3)
 
 
+def test_rolling_loglikelihood_and_greedy_generation_match_the_model(adapter):
+    from types import SimpleNamespace
+
+    text = "The quick brown fox jumps over the lazy dog and runs away into the woods."
+    ids = [adapter.prefix_token_id] + adapter.tok_encode(text, add_special_tokens=False)
+    [rolling] = adapter.loglikelihood_rolling([SimpleNamespace(args=(text,))], disable_tqdm=True)
+    assert rolling == pytest.approx(reference_logprob(adapter.lm, ids, 1), rel=1e-4, abs=1e-3)
+
+    context = "Q: What color is the sky?\nA:"
+    [generated] = adapter.generate_until([SimpleNamespace(args=(context, {"until": ["zzz"], "max_gen_toks": 6}))],
+                                         disable_tqdm=True)
+    prompt = adapter.tok_encode(context)
+    with torch.no_grad():
+        hf = adapter.lm.adapter.hf_model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                                                  eos_token_id=None, pad_token_id=0)
+    expected = adapter.tokenizer.decode(hf[0, len(prompt):].tolist(), skip_special_tokens=True)
+    assert generated == expected.split("zzz")[0] and generated
+    stop = expected[len(expected) // 2]  # a character it generates: the text is cut before it
+    [cut] = adapter.generate_until([SimpleNamespace(args=(context, {"until": [stop], "max_gen_toks": 6}))],
+                                   disable_tqdm=True)
+    assert cut == expected[:expected.index(stop)]
+
+
 def test_lm_eval_run_of_local_tasks(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
