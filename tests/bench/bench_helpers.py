@@ -1,4 +1,5 @@
-"""Shared by the runner tests: a tiny random model saved with the real tokenizer, and a CLI runner."""
+"""Shared by the bench tests: a tiny random model saved with the real tokenizer, a CLI runner, and a
+sample's prompt split at its context_end."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def split_prompt(tokenizer, sample) -> tuple[str, str]:
+    """The decoded document (prompt_ids[:context_end]) and question part (the rest) of a sample."""
+    assert sample.context_end is not None and 0 < sample.context_end < len(sample.prompt_ids)
+    return (tokenizer.decode(sample.prompt_ids[:sample.context_end]),
+            tokenizer.decode(sample.prompt_ids[sample.context_end:]))
 
 
 def records(directory: Path) -> list[dict]:

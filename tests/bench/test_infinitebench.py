@@ -1,4 +1,5 @@
 import pytest
+from bench_helpers import split_prompt
 
 from longreach.bench import make_sample, score
 from longreach.bench.metrics.retrieval import first_int_match, kv_match
@@ -19,6 +20,13 @@ def test_generators(tokenizer, task, chat):
     assert sample.answers[0] in tokenizer.decode(sample.prompt_ids[start:end])
     assert abs(start / len(sample.prompt_ids) - 0.3) < 0.05
     assert score(sample.answers[0], sample) == 1.0
+    document, question = split_prompt(tokenizer, sample)
+    if task == "kv_retrieval":  # the JSON object, then the key asked for
+        assert document.endswith('"}') and question.lstrip().startswith('Key: "')
+    else:
+        assert document.rstrip().endswith(infinitebench.NOISE_LINE.strip())
+        assert question.lstrip().startswith(infinitebench.INPUTS[task])
+    assert sample.answers[0] not in question and "The grass is green" not in question
 
 
 def test_number_string_key_has_ten_digits(tokenizer):

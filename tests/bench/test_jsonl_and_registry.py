@@ -1,4 +1,5 @@
 import pytest
+from bench_helpers import split_prompt
 
 from longreach.bench import (
     TaskOptions,
@@ -32,6 +33,10 @@ def test_malformed_lines_are_reported_and_the_rest_load(tokenizer, tmp_path, wri
     assert first.meta["line"] == 1 and first.meta["metric"] == "string_match_part"
     assert second.meta["id"] == "r1" and second.max_new_tokens == 16
     assert "The vault code is 4417." in tokenizer.decode(first.prompt_ids)
+    document, question = split_prompt(tokenizer, first)
+    assert document.endswith("answer briefly.\n\nThe vault code is 4417.")
+    assert question.startswith("\n\nNow, answer the following question")
+    assert "Question: What is the vault code?" in question and "4417" not in question
     assert score("It is 4417", first) == 1.0 and score("Rome", second) == 1.0
 
 
@@ -40,6 +45,9 @@ def test_jsonl_truncates_long_contexts(tokenizer, tmp_path, write_jsonl):
     path = write_jsonl(tmp_path / "long.jsonl", [{"context": context, "question": "What?", "answers": ["x"]}])
     sample = load_samples("jsonl", "jsonl", tokenizer, 1024, options=TaskOptions(data=path)).samples[0]
     assert sample.meta["truncated"] and len(sample.prompt_ids) + sample.max_new_tokens <= 1024
+    document, question = split_prompt(tokenizer, sample)  # split in the truncated text
+    assert "Sentence 0 is filler." in document and document.endswith("Sentence 1999 is filler.")
+    assert "Question: What?" in question and "filler" not in question
     with pytest.raises(LongreachError, match="smaller than the jsonl task template"):
         load_samples("jsonl", "jsonl", tokenizer, 80, options=TaskOptions(data=path))
     with pytest.raises(LongreachError, match="data file not found"):

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from bench_helpers import split_prompt
 
 from longreach.bench import TaskOptions, load_samples, longbench2_summary, score
 from longreach.bench.metrics.retrieval import extract_answer
@@ -47,6 +48,11 @@ def test_prompt_chat_template_and_problems(tokenizer, longbench_dir):
     assert expected in text and text.startswith("<|im_start|>system")
     assert short.max_new_tokens == 32 and short.meta["metric"] == "qa_f1" and not short.meta["truncated"]
     assert score("France.", short) == 1.0
+    # the passages end where the instruction is repeated before the question
+    document, question = split_prompt(tokenizer, short)
+    assert document.endswith("passages.\nPassage 1: Paris is in France.")
+    assert question.startswith("\n\nAnswer the question based on the given passages.")
+    assert "Question: Where is Paris?" in question and "Passage" not in question
 
 
 def test_middle_truncation_keeps_head_and_tail(tokenizer, longbench_dir):
@@ -59,6 +65,17 @@ def test_middle_truncation_keeps_head_and_tail(tokenizer, longbench_dir):
     assert "Passage 0:" in text and "Passage 599:" in text and "Passage 300:" not in text
     assert text.endswith("Question: Which way does river 7 flow?\nAnswer:"
                          "<|im_end|>\n<|im_start|>assistant\n")
+    # the document ends after the kept tail of the passages, in the truncated text
+    document, question = split_prompt(tokenizer, long)
+    assert "Passage 0:" in document and document.endswith("Passage 599: the river number 599 flows north.")
+    assert "Question: Which way does river 7 flow?" in question and "Passage " not in question
+
+
+def test_context_end_is_unknown_when_truncation_cuts_the_question(tokenizer, tmp_path, write_jsonl):
+    question = " ".join(f"Is river {i} longer than river {i + 1}?" for i in range(300))
+    write_jsonl(tmp_path / "hotpotqa.jsonl", [_record("hotpotqa", "Passage 1: short.", question, ["no"])])
+    sample = load_samples("longbench", "hotpotqa", tokenizer, 500, options=TaskOptions(data=tmp_path)).samples[0]
+    assert sample.meta["truncated"] and sample.context_end is None
 
 
 def test_cap_like_model2maxlen(tokenizer, longbench_dir):
@@ -84,6 +101,8 @@ def test_length_as_max_length_caps_the_raw_prompt_like_pred_py(tokenizer, longbe
     context = " ".join(f"Passage {i}: the river number {i} flows north." for i in range(600))
     expected = _pred_py(tokenizer, PROMPTS["hotpotqa"].format(**{**record, "context": context}), 500)
     assert long.meta["truncated"] and long.prompt_ids == tokenizer(expected)["input_ids"]
+    document, question = split_prompt(tokenizer, long)
+    assert document.endswith("river number 599 flows north.") and question.startswith("\n\nAnswer the question")
     # the cap is on the raw prompt: the chat template and the answer come on top of the 500 tokens
     assert len(long.prompt_ids) > 500 and len(long.prompt_ids) + long.max_new_tokens > 500 + 32
     assert not short.meta["truncated"]
@@ -106,6 +125,9 @@ def test_length_as_max_length_for_longbench2_and_not_for_jsonl(tokenizer, tmp_pa
     raw = tokenizer.decode(ids[:150] + ids[-150:], skip_special_tokens=True)
     expected = wrap_prompt(tokenizer, raw, "", True)[0]
     assert sample.meta["truncated"] and sample.prompt_ids == tokenizer(expected)["input_ids"]
+    document, question = split_prompt(tokenizer, sample)
+    assert document.endswith("Fact 399 is here.") and "Fact 200" not in document
+    assert question.startswith("\n</text>\n\nWhat is the correct answer to this question: Question 1?")
     with pytest.raises(LongreachError, match="jsonl lengths are total budgets"):
         load_samples("jsonl", "jsonl", tokenizer, 300, options=TaskOptions(data=tmp_path / "x.jsonl",
                                                                           length_caps_prompt=True))
@@ -119,6 +141,9 @@ def test_few_shot_datasets_skip_the_chat_template(tokenizer, longbench_dir):
     text = tokenizer.decode(trec.prompt_ids)
     assert "<|im_start|>" not in text and text.startswith("Please determine the type of the question below.")
     assert trec.meta["first_line"] and trec.meta["all_classes"] == ["Entity", "Location", "Human"]
+    document, question = split_prompt(tokenizer, trec)  # the examples are the document
+    assert document.endswith("Question: Who wrote it?\nType: Human\n")
+    assert question == "\nQuestion: Where is Rome?\nType:"
     assert score("Location\nHuman", trec) == 1.0
     samsum = load_samples("longbench", "samsum", tokenizer, 2048, options=options).samples[0]
     assert samsum.meta["stop"] == ["\n"] and samsum.max_new_tokens == 128
@@ -153,6 +178,9 @@ def test_longbench2(tokenizer, tmp_path):
             "(B) two\n(C) three\n(D) four\n\nFormat your response as follows: \"The correct answer is "
             "(insert answer here)\".") in text
     assert sample.max_new_tokens == 128 and sample.meta["difficulty"] == "easy"
+    document, question = split_prompt(tokenizer, sample)
+    assert document.endswith("<text>\nContext number 1.") and "Context number" not in question
+    assert question.startswith("\n</text>\n\nWhat is the correct answer to this question: Question 1?")
     assert score("The correct answer is (B)", sample) == 1.0
     assert score("The correct answer is (A)", sample) == 0.0
 

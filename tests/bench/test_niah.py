@@ -1,4 +1,5 @@
 import pytest
+from bench_helpers import split_prompt
 
 from longreach.bench import grid, make_sample, score
 from longreach.bench.tasks import niah
@@ -31,6 +32,21 @@ def test_chat_prompt_has_the_original_messages(tokenizer):
     assert niah.SYSTEM in text
     assert ("What is the best thing to do in San Francisco? "
             "Don't give information outside the document") in text
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("depth", [0.5, 1.0])
+def test_context_end_splits_the_haystack_from_the_question(tokenizer, depth, chat):
+    sample = make_sample("niah", "niah", tokenizer, 1024, depth=depth, chat=chat)
+    document, question = split_prompt(tokenizer, sample)
+    if depth == 1.0:  # the needle closes the haystack
+        assert document.rstrip().endswith(niah.NEEDLE.strip())
+    else:
+        _, haystack, _ = niah._haystack(tokenizer, 1)
+        assert niah.NEEDLE.strip() in document and document[-40:] in haystack
+    # the question is the second user turn (chat) or follows the book's closing tag (raw)
+    assert question.startswith("<|im_end|>" if chat else " </book>.\n Based on the content of the book")
+    assert niah.QUESTION in question and niah.NEEDLE.strip() not in question
 
 
 def test_offline_metric_is_rouge1_f_against_the_needle_sentence(tokenizer):

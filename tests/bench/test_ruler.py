@@ -1,6 +1,8 @@
 import json
+import re
 
 import pytest
+from bench_helpers import split_prompt
 
 from longreach.bench import TaskOptions, make_sample, score, skip_reason
 from longreach.bench.tasks import ruler
@@ -12,6 +14,15 @@ from longreach.errors import LongreachError
 SYNTHETIC = list(ruler.SYNTHETIC_TASKS)
 TOKEN_LEVEL = {"niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery",
                "fwe"}
+# Where each prompt's question part starts, how its document ends, and what only the document holds.
+QUESTION_STARTS = {"niah_single_1": "\nWhat is the special magic number for ",
+                   "vt": "\nQuestion: Find all variables that are assigned the value ",
+                   "cwe": "\nQuestion: What are the 10 most common words in the above list?",
+                   "fwe": "\nQuestion: Do not provide any explanation."}
+DOCUMENT_ENDS = {"niah_single_1": r"There and back again\.$", "vt": r"There and back again\.$",
+                 "cwe": r" \d+\. [\w-]+$", "fwe": r"(\.\.\.| [a-z]{6})$"}
+HAYSTACK = {"niah_single_1": "The grass is green|One of the special magic", "vt": r"The grass is green|VAR [A-Z]+ =",
+            "cwe": r"\d+\. [\w-]+", "fwe": r"\.\.\. \.\.\."}
 
 
 def _slack_limit(sample):
@@ -102,6 +113,18 @@ def test_cwe_uses_smaller_repeats_below_4k(tokenizer):
     assert set(counts.values()) == {6}, counts
 
 
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("subtask", list(QUESTION_STARTS))
+def test_context_end_is_where_the_question_starts(tokenizer, subtask, chat):
+    sample = make_sample("ruler", subtask, tokenizer, 2048, seed=0, chat=chat)
+    document, question = split_prompt(tokenizer, sample)
+    assert question.startswith(QUESTION_STARTS[subtask])
+    assert re.search(DOCUMENT_ENDS[subtask], document), document[-80:]
+    assert not re.search(HAYSTACK[subtask], question), question
+    if subtask == "vt":  # the demonstration comes first, inside the document
+        assert document.count("Memorize and track the chain(s)") == 2
+
+
 def test_zeta_matches_scipy_values():
     assert zeta(2.0) == pytest.approx(1.6449340668482264, rel=1e-12)
     assert zeta(1.5) == pytest.approx(2.612375348685488, rel=1e-9)
@@ -140,6 +163,11 @@ def test_qa_tasks_from_user_files(tokenizer, tmp_path):
         assert gold.startswith("Document ") and sample.answers[0] in gold
         text = tokenizer.decode(sample.prompt_ids)
         assert text.rstrip().endswith("Answer:")
+        document, question = split_prompt(tokenizer, sample)
+        assert re.search(r"(is City\d+\.|It grew\.|about things\.)$", document.rstrip()), document[-80:]
+        assert question.lstrip().startswith("Answer the question based on the given documents.")
+        assert re.search(r"Question: (What is the capital of country|Who founded company) \d+\?", question)
+        assert "Document " not in question
         assert score(f"It is {sample.answers[0]}", sample) == 1.0
         again = make_sample("ruler", subtask, tokenizer, 2048, seed=3, options=options)
         assert again.prompt_ids == sample.prompt_ids

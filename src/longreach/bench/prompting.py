@@ -13,7 +13,7 @@ from ..errors import LongreachError
 from ..tasks.base import Sample, encode_with_spans, largest_fitting, wrap_prompt
 
 __all__ = ["Built", "Sample", "count_tokens", "encode_sample", "find_spans", "largest_fitting",
-           "wrap_messages", "wrap_prompt"]
+           "template_parts", "wrap_messages", "wrap_prompt"]
 
 
 @dataclass(slots=True)
@@ -39,6 +39,13 @@ def find_spans(text: str, pieces: list[str], start: int = 0) -> list[tuple[int, 
             raise AssertionError(f"needle {piece[:40]!r} not found in the prompt")
         spans.append((at, at + len(piece)))
     return spans
+
+
+def template_parts(template: str, /, **fields) -> tuple[str, str]:
+    """The filled text of a str.format template before and after its {context} field: what leads
+    to the document, and the question part that follows it (the document ends where it starts)."""
+    head, tail = template.split("{context}")
+    return head.format(**fields), tail.format(**fields)
 
 
 def wrap_messages(tokenizer, system: str | None, turns: list[str], chat: bool) -> tuple[str, list[int]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import LongreachError
-from .prompting import count_tokens
+from .prompting import count_tokens, wrap_prompt
 
 
 def middle_truncate(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
@@ -66,6 +66,20 @@ def cap_prompt(tokenizer, text: str, cap: int, wrap: Callable[[str], str], trunc
         raise LongreachError(f"a max_length of {cap} tokens leaves no room for the {what}")
     short, truncated = truncate(tokenizer, text, cap)
     return wrap(short), truncated
+
+
+def question_start(tokenizer, wrapped: str, question: str, chat: bool) -> int | None:
+    """Character of a wrapped, maybe middle-truncated prompt where its question part begins.
+
+    Truncation cuts the document in the middle and keeps the prompt's end, so the document ends
+    where `question` (the filled prompt's text after its document) starts, at the end of the user
+    text. `wrapped` is wrap_prompt's text with no answer prefix. None when the cut reached the question.
+    """
+    bare, offset = wrap_prompt(tokenizer, "", "", chat)
+    user_end = len(wrapped) - (len(bare) - offset)  # the chat wrapper's tail follows the user text
+    if not wrapped[offset:user_end].endswith(question):
+        return None
+    return user_end - len(question)
 
 
 def prompt_within(tokenizer, text: str, length: int, new_tokens: int, wrap: Callable[[str], str],

@@ -12,7 +12,16 @@ import random
 import uuid
 
 from ...errors import LongreachError
-from ..prompting import Built, Sample, count_tokens, encode_sample, find_spans, fit_or_raise, wrap_prompt
+from ..prompting import (
+    Built,
+    Sample,
+    count_tokens,
+    encode_sample,
+    find_spans,
+    fit_or_raise,
+    template_parts,
+    wrap_prompt,
+)
 
 NOISE_LINE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
 NEEDLES = {
@@ -90,9 +99,11 @@ def infinitebench_sample(tokenizer, task: str, length: int, depth: float = 0.5, 
             before = round(depth * units)
             context = NOISE_LINE * before + needle + NOISE_LINE * (units - before)
             question = INPUTS[task]
-        user = _template(task, chat).format(context=context, input=question)
-        text, offset = wrap_prompt(tokenizer, user, "", chat)
-        return Built(text, find_spans(text, [needle.strip()], offset)), answer
+        template = _template(task, chat)
+        text, offset = wrap_prompt(tokenizer, template.format(context=context, input=question), "", chat)
+        # the document is the noise lines (or the JSON object); the input and the answer cue follow
+        lead, _ = template_parts(template, input=question)
+        return Built(text, find_spans(text, [needle.strip()], offset), offset + len(lead) + len(context)), answer
 
     low = 1 if task == "kv_retrieval" else 0
     units = fit_or_raise(lambda n: count_tokens(tokenizer, build(n)[0].text), length - new_tokens, low,

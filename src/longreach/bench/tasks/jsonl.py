@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ...errors import LongreachError
 from ..dataio import LoadResult, by_line, read_jsonl
-from ..prompting import Sample, count_tokens, wrap_prompt
-from ..truncation import fit_prompt
+from ..prompting import Built, count_tokens, encode_sample, template_parts, wrap_prompt
+from ..truncation import fit_prompt, question_start
 
 TEMPLATE = ("Read the following text and answer briefly.\n\n{context}\n\nNow, answer the following question "
             "based on the above text, only give me the answer and do not output any other words.\n\n"
@@ -77,10 +77,10 @@ def jsonl_samples(tokenizer, path: str | Path, length: int, chat: bool = True,
         except LongreachError as exc:
             result.problems.append(f"{Path(path).name}:{number}: {exc}")
             continue
-        ids = tokenizer(text)["input_ids"]
         meta = {"task": "jsonl", "subtask": Path(path).stem, "length": length, "chat": chat, "line": number,
-                "id": obj.get("id", number), "metric": obj.get("metric", DEFAULT_METRIC),
-                "truncated": truncated, "prompt_tokens": len(ids)}
-        result.samples.append(Sample(list(ids), answers, new_tokens, [], meta))
+                "id": obj.get("id", number), "metric": obj.get("metric", DEFAULT_METRIC), "truncated": truncated}
+        _, question = template_parts(TEMPLATE, question=obj["question"])  # "Now, answer ... Answer:"
+        built = Built(text, [], question_start(tokenizer, text, question, chat))
+        result.samples.append(encode_sample(tokenizer, built, answers, new_tokens, meta))
     result.problems = by_line(result.problems)
     return result

@@ -16,8 +16,8 @@ from pathlib import Path
 from ...errors import LongreachError
 from ..dataio import LoadResult, by_line, read_jsonl, require_dir
 from ..metrics.longbench import FIRST_LINE_DATASETS
-from ..prompting import Sample, wrap_prompt
-from ..truncation import prompt_within
+from ..prompting import Built, encode_sample, template_parts, wrap_prompt
+from ..truncation import prompt_within, question_start
 from .longbench_spec import (
     CATEGORIES,
     DATASETS,
@@ -68,6 +68,7 @@ def longbench_samples(tokenizer, data_dir: str | Path, dataset: str, length: int
             break
         try:
             prompt = PROMPTS[dataset].format(**record)
+            _, question = template_parts(PROMPTS[dataset], **record)  # what follows the document
             answers = record["answers"]
         except (KeyError, TypeError) as exc:
             result.problems.append(f"{path.name}:{number}: missing field {exc}")
@@ -79,16 +80,16 @@ def longbench_samples(tokenizer, data_dir: str | Path, dataset: str, length: int
                                         lambda t: wrap_prompt(tokenizer, t, "", use_chat)[0],
                                         cap=max_prompt_tokens, length_caps_prompt=length_caps_prompt,
                                         what=f"LongBench {dataset} prompt")
-        ids = tokenizer(text)["input_ids"]
         meta = {"task": "longbench", "subtask": dataset, "dataset": dataset, "length": length,
                 "chat": use_chat,
                 "metric": METRIC[dataset], "all_classes": record.get("all_classes") or [],
                 "first_line": dataset in FIRST_LINE_DATASETS, "id": record.get("_id", number), "line": number,
                 "length_words": record.get("length"), "language": record.get("language"),
-                "truncated": truncated, "prompt_tokens": len(ids)}
+                "truncated": truncated}
         if dataset in STOP_AT_NEWLINE:
             meta["stop"] = ["\n"]
-        result.samples.append(Sample(list(ids), answers, new_tokens, [], meta))
+        built = Built(text, [], question_start(tokenizer, text, question, use_chat))
+        result.samples.append(encode_sample(tokenizer, built, answers, new_tokens, meta))
     result.problems = by_line(result.problems)
     return result
 

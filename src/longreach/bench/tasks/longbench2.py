@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ...errors import LongreachError
 from ..dataio import LoadResult, read_jsonl
-from ..prompting import Sample, wrap_prompt
-from ..truncation import middle_truncate_joined, prompt_within
+from ..prompting import Built, encode_sample, wrap_prompt
+from ..truncation import middle_truncate_joined, prompt_within, question_start
 
 TEMPLATE = ("Please read the following text and answer the question below.\n\n<text>\n$DOC$\n</text>\n\n"
             "What is the correct answer to this question: $Q$\nChoices:\n(A) $C_A$\n(B) $C_B$\n(C) $C_C$\n"
@@ -23,11 +23,21 @@ MAX_NEW_TOKENS = 128
 FIELDS = ("_id", "question", "choice_A", "choice_B", "choice_C", "choice_D", "answer", "context")
 
 
-def fill_prompt(item: dict) -> str:
-    """prompts/0shot.txt with the item's stripped fields."""
-    return (TEMPLATE.replace("$DOC$", item["context"].strip()).replace("$Q$", item["question"].strip())
+def _fill_question(text: str, item: dict) -> str:
+    """`text` (the template or a part of it) with the item's stripped question and choices."""
+    return (text.replace("$Q$", item["question"].strip())
             .replace("$C_A$", item["choice_A"].strip()).replace("$C_B$", item["choice_B"].strip())
             .replace("$C_C$", item["choice_C"].strip()).replace("$C_D$", item["choice_D"].strip()))
+
+
+def fill_prompt(item: dict) -> str:
+    """prompts/0shot.txt with the item's stripped fields."""
+    return _fill_question(TEMPLATE.replace("$DOC$", item["context"].strip()), item)
+
+
+def question_part(item: dict) -> str:
+    """The end of fill_prompt(item) after the document: "</text>", the question and the choices."""
+    return _fill_question(TEMPLATE.split("$DOC$")[1], item)
 
 
 def _read_items(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
@@ -79,12 +89,12 @@ def longbench2_samples(tokenizer, path: str | Path, length: int, chat: bool = Tr
                                         lambda t: wrap_prompt(tokenizer, t, "", chat)[0], cap=max_prompt_tokens,
                                         length_caps_prompt=length_caps_prompt, truncate=middle_truncate_joined,
                                         what="LongBench v2 prompt")
-        ids = tokenizer(text)["input_ids"]
         meta = {"task": "longbench2", "subtask": item.get("domain", "all"), "length": length, "chat": chat,
                 "metric": "choice", "id": item["_id"], "domain": item.get("domain"),
                 "sub_domain": item.get("sub_domain"), "difficulty": item.get("difficulty"),
-                "length_class": item.get("length"), "truncated": truncated, "prompt_tokens": len(ids)}
-        result.samples.append(Sample(list(ids), [item["answer"]], MAX_NEW_TOKENS, [], meta))
+                "length_class": item.get("length"), "truncated": truncated}
+        built = Built(text, [], question_start(tokenizer, text, question_part(item), chat))
+        result.samples.append(encode_sample(tokenizer, built, [item["answer"]], MAX_NEW_TOKENS, meta))
     return result
 
 

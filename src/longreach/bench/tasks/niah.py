@@ -103,7 +103,8 @@ def niah_sample(tokenizer, length: int, depth: float = 0.5, seed: int = 0, chat:
             start = RAW_TEMPLATE.index("{context}")
         lead = len(needle) - len(needle.lstrip())
         begin = start + at + lead
-        return Built(prompt, [(begin, begin + len(needle.strip()))])
+        # the document is the haystack; the question turn (chat) or "</book>. ... Question" follows
+        return Built(prompt, [(begin, begin + len(needle.strip()))], start + len(context))
 
     overhead = count_tokens(tokenizer, build(0).text)
     n_tokens = fit_or_raise(lambda n: count_tokens(tokenizer, build(n).text), budget, 0,

@@ -14,7 +14,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from ...errors import LongreachError
-from ..prompting import Built, Sample, count_tokens, encode_sample, find_spans, fit_or_raise, wrap_prompt
+from ..prompting import (
+    Built,
+    Sample,
+    count_tokens,
+    encode_sample,
+    find_spans,
+    fit_or_raise,
+    template_parts,
+    wrap_prompt,
+)
 from .ruler_spec import TEMPLATES
 
 DOCUMENT = "Document {i}:\n{document}"
@@ -107,7 +116,9 @@ def qa_sample(tokenizer, dataset: str, path: Path, length: int, seed: int, chat:
         text, offset = wrap_prompt(tokenizer, spec.template.format(context=context, query=question.query),
                                    spec.answer_prefix, chat, verbatim_prefix=True)
         gold = [DOCUMENT.format(i=chosen.index(d) + 1, document=docs[d]) for d in question.gold]
-        return Built(text, find_spans(text, gold, offset))
+        # the documents end where RULER repeats the instruction before "Question: {query}"
+        lead, _ = template_parts(spec.template, query=question.query)
+        return Built(text, find_spans(text, gold, offset), offset + len(lead) + len(context))
 
     low = len(question.docs)
     n_docs = fit_or_raise(lambda n: count_tokens(tokenizer, build(n).text), budget, low, low + 10,

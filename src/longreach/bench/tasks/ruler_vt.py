@@ -10,7 +10,16 @@ import random
 import string
 
 from ..haystacks import NOISE
-from ..prompting import Built, Sample, count_tokens, encode_sample, find_spans, fit_or_raise, wrap_prompt
+from ..prompting import (
+    Built,
+    Sample,
+    count_tokens,
+    encode_sample,
+    find_spans,
+    fit_or_raise,
+    template_parts,
+    wrap_prompt,
+)
 from .ruler_spec import TEMPLATES
 
 DEMO_BUDGET = 500  # tokens of the demonstration's template, context and answer prefix
@@ -38,7 +47,8 @@ def _chains(rng: random.Random, num_chains: int, num_hops: int, letters: int):
 
 
 def _task_text(rng: random.Random, n_noise: int, num_chains: int, num_hops: int, letters: int):
-    """(template+prefix pieces, answer names, chain-0 lines) with chains at random noise lines."""
+    """(template+prefix pieces, answer names, chain-0 lines, character where the noise ends in the
+    user text) with chains at random noise lines."""
     spec = TEMPLATES["variable_tracking"]
     groups, chains = _chains(rng, num_chains, num_hops, letters)
     lines = [NOISE] * n_noise
@@ -50,14 +60,15 @@ def _task_text(rng: random.Random, n_noise: int, num_chains: int, num_hops: int,
     value = chains[0][0].split("=")[-1].strip()
     user = spec.template.format(context=context, query=value)
     prefix = spec.answer_prefix.format(num_v=num_hops + 1, query=value)
-    return user, prefix, groups[0], chains[0]
+    head, _ = template_parts(spec.template, query=value)
+    return user, prefix, groups[0], chains[0], len(head) + len(context)
 
 
 def _demonstration(tokenizer, seed_key: str, num_chains: int, num_hops: int) -> str:
     """The worked example: raw template + answer prefix + '  NAME NAME ...' + newline."""
     def text(n_noise: int) -> tuple[str, list[str]]:
-        user, prefix, names, _ = _task_text(random.Random(seed_key), n_noise, num_chains,
-                                            min(10, num_hops), letters=3)
+        user, prefix, names, _, _ = _task_text(random.Random(seed_key), n_noise, num_chains,
+                                               min(10, num_hops), letters=3)
         return user + prefix, names
 
     low = (min(10, num_hops) + 1) * num_chains
@@ -75,10 +86,13 @@ def vt_sample(tokenizer, length: int, seed: int, chat: bool, num_chains: int = 1
     demo = _demonstration(tokenizer, f"ruler/vt/{seed}/demo", num_chains, num_hops)
 
     def build(n_noise: int) -> tuple[Built, list[str]]:
-        user, prefix, names, chain = _task_text(random.Random(f"ruler/vt/{seed}"), n_noise, num_chains,
-                                                num_hops, letters=5)
+        user, prefix, names, chain, noise_end = _task_text(random.Random(f"ruler/vt/{seed}"), n_noise,
+                                                           num_chains, num_hops, letters=5)
         text, offset = wrap_prompt(tokenizer, demo + "\n" + user, prefix, chat, verbatim_prefix=True)
-        return Built(text, find_spans(text, [line.strip() for line in chain], offset + len(demo))), names
+        task_start = offset + len(demo) + 1
+        # the document is the demonstration and the noise with the chains; then "Question: Find all ..."
+        return Built(text, find_spans(text, [line.strip() for line in chain], task_start),
+                     task_start + noise_end), names
 
     low = (num_hops + 1) * num_chains
     n_noise = fit_or_raise(lambda n: count_tokens(tokenizer, build(n)[0].text), budget, low, low + 25,

@@ -14,7 +14,7 @@ import string
 from functools import lru_cache
 
 from ..haystacks import wonderwords_list
-from ..prompting import Built, Sample, count_tokens, encode_sample, fit_or_raise, wrap_prompt
+from ..prompting import Built, Sample, count_tokens, encode_sample, fit_or_raise, template_parts, wrap_prompt
 from .ruler_spec import TEMPLATES
 
 
@@ -64,9 +64,12 @@ def cwe_sample(tokenizer, length: int, seed: int, chat: bool, freq_cw: int = 30,
             wrapped, _ = wrap_prompt(tokenizer, user, spec.answer_prefix, chat, verbatim_prefix=True)
             shots.append(wrapped + " " + _numbered(common))
         context, common = _cwe_example(rng, num_words, repeats[0], repeats[1], num_cw)
-        task, _ = wrap_prompt(tokenizer, spec.template.format(context=context), spec.answer_prefix, chat,
-                              verbatim_prefix=True)
-        return Built("\n".join(shots) + "\n" + task, []), common
+        task, offset = wrap_prompt(tokenizer, spec.template.format(context=context), spec.answer_prefix, chat,
+                                   verbatim_prefix=True)
+        lead = "\n".join(shots) + "\n"
+        # the document is the worked example(s) and the list; then "Question: What are the 10 ..."
+        list_end = len(lead) + offset + len(template_parts(spec.template)[0]) + len(context)
+        return Built(lead + task, [], list_end), common
 
     num_words = fit_or_raise(lambda n: count_tokens(tokenizer, build(n)[0].text), budget, num_cw,
                              num_cw + 100, length, "RULER cwe", spec.tokens_to_generate)
@@ -102,9 +105,11 @@ def fwe_sample(tokenizer, length: int, seed: int, chat: bool, alpha: float = 2.0
         counts = [int(num_words * k ** -alpha / norm) for k in range(1, len(ranked) + 1)]
         coded = [word for word, count in zip(ranked, counts, strict=True) for _ in range(count)]
         rng.shuffle(coded)
-        user = spec.template.format(context=" ".join(coded))
-        text, _ = wrap_prompt(tokenizer, user, spec.answer_prefix, chat, verbatim_prefix=True)
-        return Built(text, []), ranked[1:4]
+        context = " ".join(coded)
+        text, offset = wrap_prompt(tokenizer, spec.template.format(context=context), spec.answer_prefix, chat,
+                                   verbatim_prefix=True)
+        # the document is the coded text; then "Question: Do not provide any explanation. ..."
+        return Built(text, [], offset + len(template_parts(spec.template)[0]) + len(context)), ranked[1:4]
 
     num_words = fit_or_raise(lambda n: count_tokens(tokenizer, build(n)[0].text), budget, 0,
                              max(budget // 4, 1), length, "RULER fwe", spec.tokens_to_generate)
