@@ -218,7 +218,7 @@ def main() -> int:
                     cell_key = f"{name}|{length}|{key}"
                     if results.done(cell_key):
                         continue
-                    cell = run_cell(lm, sample, scorer, args.chunk, fixed_context=method == "squeezed")
+                    cell = run_cell(lm, sample, scorer, args.chunk, fixed_context=lm.method.fixed_context)
                     cell |= {"config": name, "method": method, "options": options, "length": length,
                              "task": task, "sample": key}
                     results.put(cell_key, cell)
