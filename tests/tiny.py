@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-from longreach.engine import LongLM
+from longreach.engine import LongLM, Session
 from longreach.methods import method_config
 from longreach.models import DecoderAdapter
 
@@ -63,7 +63,11 @@ def prompt_ids(n: int, seed: int = 1, vocab: int = 128) -> list[int]:
 
 
 def all_logits(lm: LongLM, ids: list[int], chunk: int) -> torch.Tensor:
-    """Logits at every position [n, V], prefilling in chunks of `chunk`."""
+    """Logits at every position [n, V], prefilling in chunks of `chunk`.
+
+    Raw forward passes: no phase is set and `end_prefill` is never called, so a method that acts at
+    the prompt's end (squeezed clusters, snapkv compress=end compresses) does not act here; use
+    `engine_logits` for the engine's own path."""
     session = lm.new_session()
     out = []
     t = torch.tensor(ids)
@@ -71,3 +75,19 @@ def all_logits(lm: LongLM, ids: list[int], chunk: int) -> torch.Tensor:
         hidden = session._forward(t[a:a + chunk])
         out.append(lm.adapter.logits(hidden)[0])
     return torch.cat(out)
+
+
+def engine_logits(lm: LongLM, document: list[int], question: list[int], decode: list[int],
+                  chunk: int, session: Session | None = None) -> tuple[torch.Tensor, Session]:
+    """Logits [len(document) + len(question) + len(decode), V] through the engine's own path.
+
+    The document is prefilled as a fixed context (final=False), the question ends the prompt
+    (phases set, `end_prefill` called, the last token replayed if the method asks), then each
+    `decode` token is forced as a decoding step. Row i predicts the token after input i.
+    `session`: a fresh session of `lm` to use (e.g. one whose policy is observed) instead of a new one.
+    """
+    session = session if session is not None else lm.new_session()
+    rows = [session.prefill(document, chunk, all_logits=True, final=False),
+            session.prefill(question, chunk, all_logits=True)]
+    rows += [session.step(token)[None] for token in decode]
+    return torch.cat(rows), session

@@ -11,7 +11,7 @@ from longreach.kv import KVStore
 from tiny import prompt_ids, tiny_lm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))
-from runner import BEYOND_WINDOW  # noqa: E402
+from runner import BEYOND_WINDOW, method_of  # noqa: E402
 
 
 def _live_stores() -> int:
@@ -20,7 +20,7 @@ def _live_stores() -> int:
 
 @pytest.mark.parametrize("method", sorted(BEYOND_WINDOW))
 def test_generations_and_sessions_free_their_memory_by_reference_counting(method):
-    lm = tiny_lm(method=method, **BEYOND_WINDOW[method])
+    lm = tiny_lm(method=method_of(method), **BEYOND_WINDOW[method])
     gc.collect()
     before = _live_stores()
     gc.disable()

@@ -92,6 +92,30 @@ def test_bytes_per_token_against_float32(bits, limit):
     assert quant.nbytes <= limit * plain.nbytes
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("n", [21, 24])
+def test_bytes_are_counted_by_hand(bits, n):
+    """2 KV heads of 16 channels, groups of 8: what a quantized store holds, byte by byte.
+
+    Keys: the whole groups of 8 tokens as codes with a float16 scale and zero point per group, head
+    and channel; the last n % 8 keys in float32. Values: every token as codes with a float16 scale
+    and zero point per token, head and group of 8 channels. Positions: one int64 per token. The
+    rotated-key cache, once built, adds codes, scales and zero points for the quantized keys only.
+    """
+    store = KVStore(1, 2, 16, torch.float32, "cpu", quant=QuantSpec(bits, 8))
+    segment = store[0].segment("s")
+    segment.append(*_tokens(0, n))
+    code = bits / 8  # bytes per code
+    grouped = n // 8 * 8
+    keys = grouped * 2 * 16 * code + (n // 8) * 2 * 16 * (2 + 2) + (n - grouped) * 2 * 16 * 4
+    values = n * 2 * 16 * code + n * 2 * (16 // 8) * (2 + 2)
+    assert segment.nbytes == store.nbytes == keys + values + n * 8
+    rope = RotaryEmbedding(LlamaConfig(head_dim=16, hidden_size=32, num_attention_heads=2), 16)
+    segment.rotated_keys(rope)
+    rotated = grouped * 2 * 16 * code + (n // 8) * 2 * 16 * (2 + 2)
+    assert store.nbytes == keys + values + n * 8 + rotated
+
+
 def test_quantization_is_chosen_before_storing():
     store = KVStore(1, 2, 16, torch.float32, "cpu")
     store[0].segment("a").append(*_tokens(0, 2))

@@ -36,6 +36,11 @@ class FixedDistancePolicy(_StoreAll):
         super().__init__(ctx)
         self.n_local = n_local
 
+    def rotary_distance(self, positions, key_positions):
+        """The relative position RoPE gives each (query, key) pair [q, m] (causal pairs only)."""
+        distance = positions[:, None] - key_positions[None, :]
+        return torch.where(distance < self.n_local, distance, self.n_local)
+
     def attend(self, layer, q, k, v, positions):
         keys, values, key_positions = self._append(layer, k, v, positions)
         local = self.rope.rotate(q, positions) @ self.rope.rotate(keys, key_positions).transpose(-1, -2)
@@ -44,6 +49,32 @@ class FixedDistancePolicy(_StoreAll):
         logits = torch.where(distance < self.n_local, local, far) * self.ctx.scale
         logits = logits.masked_fill(distance < 0, float("-inf"))
         return torch.softmax(logits, -1) @ values
+
+
+class SelfExtendReference(_StoreAll):
+    """Self-Extend's two logit matrices, merged by distance, for every key at once."""
+
+    def __init__(self, ctx, group, window):
+        super().__init__(ctx)
+        self.group, self.window = group, window
+
+    def _grouped_query_positions(self, positions):
+        return positions // self.group + self.window - self.window // self.group
+
+    def rotary_distance(self, positions, key_positions):
+        """The relative position RoPE gives each (query, key) pair [q, m] (causal pairs only)."""
+        distance = positions[:, None] - key_positions[None, :]
+        grouped = self._grouped_query_positions(positions)[:, None] - (key_positions // self.group)[None, :]
+        return torch.where(distance < self.window, distance, grouped)
+
+    def attend(self, layer, q, k, v, positions):
+        keys, values, key_positions = self._append(layer, k, v, positions)
+        near = self.rope.rotate(q, positions) @ self.rope.rotate(keys, key_positions).transpose(-1, -2)
+        q_grouped = self.rope.rotate(q, self._grouped_query_positions(positions))
+        far = q_grouped @ self.rope.rotate(keys, key_positions // self.group).transpose(-1, -2)
+        distance = positions[:, None] - key_positions[None, :]
+        logits = torch.where(distance < self.window, near, far) * self.ctx.scale
+        return torch.softmax(logits.masked_fill(distance < 0, float("-inf")), -1) @ values
 
 
 class StreamingReferencePolicy(_StoreAll):
@@ -75,6 +106,16 @@ class FixedDistanceConfig(MethodConfig):
 
     def build(self, ctx):
         return FixedDistancePolicy(ctx, self.n_local)
+
+
+@dataclass(slots=True)
+class SelfExtendReferenceConfig(MethodConfig):
+    name = "self_extend_reference"
+    group: int = 4
+    window: int = 32
+
+    def build(self, ctx):
+        return SelfExtendReference(ctx, self.group, self.window)
 
 
 @dataclass(slots=True)

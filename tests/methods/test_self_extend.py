@@ -1,39 +1,9 @@
-from dataclasses import dataclass
-
 import pytest
 import torch
-from references import _StoreAll
+from references import SelfExtendReferenceConfig
 
 from longreach.errors import LongreachError
-from longreach.methods.base import MethodConfig
 from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
-
-
-class SelfExtendReference(_StoreAll):
-    """Self-Extend's two logit matrices, merged by distance, for every key at once."""
-
-    def __init__(self, ctx, group, window):
-        super().__init__(ctx)
-        self.group, self.window = group, window
-
-    def attend(self, layer, q, k, v, positions):
-        keys, values, key_positions = self._append(layer, k, v, positions)
-        near = self.rope.rotate(q, positions) @ self.rope.rotate(keys, key_positions).transpose(-1, -2)
-        q_grouped = self.rope.rotate(q, positions // self.group + self.window - self.window // self.group)
-        far = q_grouped @ self.rope.rotate(keys, key_positions // self.group).transpose(-1, -2)
-        distance = positions[:, None] - key_positions[None, :]
-        logits = torch.where(distance < self.window, near, far) * self.ctx.scale
-        return torch.softmax(logits.masked_fill(distance < 0, float("-inf")), -1) @ values
-
-
-@dataclass(slots=True)
-class SelfExtendReferenceConfig(MethodConfig):
-    name = "self_extend_reference"
-    group: int = 4
-    window: int = 32
-
-    def build(self, ctx):
-        return SelfExtendReference(ctx, self.group, self.window)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])

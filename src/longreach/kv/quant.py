@@ -420,8 +420,8 @@ class QuantizedSegment:
     def nbytes(self) -> int:
         first = min(self._start, self._qend)
         total = self._k.nbytes(first, self._qend) + self._v.nbytes(self._start, self._end)
-        live_tail = self._tail_k[:, :, max(self._start - self._qend, 0):]
-        total += 2 * live_tail.numel() * live_tail.element_size()
+        live_tail = self._tail_k[:, :, max(self._start - self._qend, 0):]  # keys only: values are all codes
+        total += live_tail.numel() * live_tail.element_size()
         if self._rot is not None:
             total += self._rot.nbytes(first, self._rot_end)
         total += 8 * (self._end - self._start)
