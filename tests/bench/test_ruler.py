@@ -1,10 +1,13 @@
+import inspect
 import json
 import re
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 from bench_helpers import split_prompt
 
-from longreach.bench import TaskOptions, make_sample, score, skip_reason
+from longreach.bench import TaskOptions, make_sample, prompting, score, skip_reason
 from longreach.bench.tasks import ruler
 from longreach.bench.tasks.ruler_niah import singularize
 from longreach.bench.tasks.ruler_spec import TEMPLATES
@@ -12,8 +15,6 @@ from longreach.bench.tasks.ruler_words import zeta
 from longreach.errors import LongreachError
 
 SYNTHETIC = list(ruler.SYNTHETIC_TASKS)
-TOKEN_LEVEL = {"niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery",
-               "fwe"}
 # Where each prompt's question part starts, how its document ends, and what only the document holds.
 QUESTION_STARTS = {"niah_single_1": "\nWhat is the special magic number for ",
                    "vt": "\nQuestion: Find all variables that are assigned the value ",
@@ -25,13 +26,6 @@ HAYSTACK = {"niah_single_1": "The grass is green|One of the special magic", "vt"
             "cwe": r"\d+\. [\w-]+", "fwe": r"\.\.\. \.\.\."}
 
 
-def _slack_limit(sample):
-    """How far below the budget a sample may stop: a few tokens, or one haystack unit (line, doc)."""
-    if sample.meta["subtask"] in TOKEN_LEVEL and sample.meta["haystack"] != "noise":
-        return 8
-    return 2 * sample.meta["prompt_tokens"] / max(sample.meta["haystack_units"], 1) + 8
-
-
 @pytest.mark.parametrize("subtask", SYNTHETIC)
 def test_budget_fill_determinism_and_answers(tokenizer, subtask):
     length = 4096
@@ -40,9 +34,7 @@ def test_budget_fill_determinism_and_answers(tokenizer, subtask):
     other = make_sample("ruler", subtask, tokenizer, length, seed=8)
     assert first.prompt_ids == again.prompt_ids and first.answers == again.answers
     assert first.prompt_ids != other.prompt_ids
-    used = len(first.prompt_ids) + first.max_new_tokens
-    assert used <= length
-    assert length - used <= _slack_limit(first)
+    assert len(first.prompt_ids) + first.max_new_tokens <= length  # how full: test_prompt_is_filled_*
     assert first.max_new_tokens == {"vt": 30, "cwe": 120, "fwe": 50}.get(subtask, 128)
     assert first.meta["metric"] == "string_match_all"
     text = tokenizer.decode(first.prompt_ids)
@@ -52,6 +44,71 @@ def test_budget_fill_determinism_and_answers(tokenizer, subtask):
             assert any(answer in needle for answer in first.answers)
     assert all(answer in text for answer in first.answers)
     assert score(" ".join(first.answers), first) == 1.0
+
+
+# Every RULER generator sizes its haystack with fit_or_raise -> largest_fitting(count, budget, ...), count(n)
+# being the tokens of the generator's own build(n). largest_fitting promises: count(n) <= budget, and either
+# count(n + 1) > budget (no further unit fits) or it stopped early with budget - count(n) <= tolerance.
+# fit_or_raise leaves tolerance at its default, 2 tokens, for every task; a looser tolerance must fail here.
+FILL_TOLERANCE = {name: 2 for name in ruler.TASK_NAMES}
+FILL_LENGTHS = (2048, 8192)
+FILL_SEEDS = (0, 1)
+
+
+class Fit(NamedTuple):
+    count: Callable[[int], int]  # tokens of the generator's prompt built with n haystack units
+    budget: int
+    tolerance: int
+    n: int | None
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Every budget fit a generator makes while the test runs (vt makes two: demonstration, then task).
+
+    Wraps prompting.largest_fitting, which fit_or_raise calls, so each record holds the generator's own
+    count(n) = tokens of build(n) and the tolerance actually in force: the test can rebuild with n + 1 units.
+    """
+    real = prompting.largest_fitting
+    signature = inspect.signature(real)
+    records: list[Fit] = []
+
+    def recording(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        n = real(*args, **kwargs)
+        records.append(Fit(bound.arguments["count"], bound.arguments["budget"], bound.arguments["tolerance"], n))
+        return n
+
+    monkeypatch.setattr(prompting, "largest_fitting", recording)
+    return records
+
+
+def _assert_filled(sample, fits, length):
+    """The sample is the last recorded fit's prompt, within the length, and no further haystack unit fits
+    (or the fit stopped within its tolerance); every other fit of the sample (vt's demonstration) too."""
+    subtask = sample.meta["subtask"]
+    assert fits, "no budget fit recorded: the generator no longer goes through prompting.largest_fitting"
+    task = fits[-1]
+    assert len(sample.prompt_ids) + sample.max_new_tokens <= length
+    assert task.budget == length - sample.max_new_tokens
+    assert task.n == sample.meta["haystack_units"]
+    assert task.count(task.n) == len(sample.prompt_ids) == sample.meta["prompt_tokens"]
+    for fit in fits:
+        assert fit.tolerance == FILL_TOLERANCE[subtask]
+        used, more = fit.count(fit.n), fit.count(fit.n + 1)
+        slack = fit.budget - used
+        assert slack >= 0, f"{subtask}: {fit.n} units take {used} tokens, over the budget {fit.budget}"
+        assert more > fit.budget or slack <= fit.tolerance, (
+            f"{subtask} at {length}: {fit.n} units leave {slack} tokens of the budget {fit.budget} unused, "
+            f"but {fit.n + 1} units ({more} tokens) fit too (tolerance {fit.tolerance})")
+
+
+@pytest.mark.parametrize("seed", FILL_SEEDS)
+@pytest.mark.parametrize("length", FILL_LENGTHS)
+@pytest.mark.parametrize("subtask", SYNTHETIC)
+def test_prompt_is_filled_to_the_last_unit(tokenizer, fits, subtask, length, seed):
+    _assert_filled(make_sample("ruler", subtask, tokenizer, length, seed=seed), fits, length)
 
 
 def test_niah_needle_spans_and_singular_question(tokenizer):
@@ -130,14 +187,16 @@ def test_zeta_matches_scipy_values():
     assert zeta(1.5) == pytest.approx(2.612375348685488, rel=1e-9)
 
 
-def _squad(tmp_path):
+def _squad(tmp_path, count=30):
+    """Two articles of count/2 paragraphs (~120 tokens each), each with one answerable question."""
     paragraphs = [{"context": f"Paragraph {i} says the capital of country {i} is City{i}. " * 8,
                    "qas": [{"question": f"What is the capital of country {i}?", "is_impossible": False,
                             "answers": [{"text": f"City{i}"}]},
                            {"question": "Unanswerable?", "is_impossible": True, "answers": []}]}
-                  for i in range(30)]
+                  for i in range(count)]
     path = tmp_path / "squad.json"
-    path.write_text(json.dumps({"data": [{"paragraphs": paragraphs[:15]}, {"paragraphs": paragraphs[15:]}]}))
+    half = count // 2
+    path.write_text(json.dumps({"data": [{"paragraphs": paragraphs[:half]}, {"paragraphs": paragraphs[half:]}]}))
     return path
 
 
@@ -171,6 +230,19 @@ def test_qa_tasks_from_user_files(tokenizer, tmp_path):
         assert score(f"It is {sample.answers[0]}", sample) == 1.0
         again = make_sample("ruler", subtask, tokenizer, 2048, seed=3, options=options)
         assert again.prompt_ids == sample.prompt_ids
+
+
+@pytest.mark.parametrize("seed", FILL_SEEDS)
+@pytest.mark.parametrize("length", FILL_LENGTHS)
+@pytest.mark.parametrize("subtask", ["qa_1", "qa_2"])
+def test_qa_prompt_is_filled_to_the_last_document(tokenizer, fits, tmp_path, subtask, length, seed):
+    # ~12K tokens of SQuAD paragraphs and ~9K of HotpotQA ones: even 8192 picks documents without repeats
+    options = TaskOptions(squad=_squad(tmp_path, count=100), hotpotqa=_hotpot(tmp_path))
+    sample = make_sample("ruler", subtask, tokenizer, length, seed=seed, options=options)
+    units = sample.meta["haystack_units"]
+    assert units == tokenizer.decode(sample.prompt_ids).count("Document ")
+    assert units < {"qa_1": 100, "qa_2": 200}[subtask]  # fewer than the distinct documents: none repeated
+    _assert_filled(sample, fits, length)
 
 
 def test_qa_without_data_is_skipped_with_a_reason(tokenizer):
