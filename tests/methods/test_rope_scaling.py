@@ -7,7 +7,7 @@ from longreach.errors import LongreachError
 from longreach.methods import method_config
 from longreach.rope import RotaryEmbedding
 from longreach.rope_scaling import scaled_rope, scaling_factor
-from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
+from tiny import all_logits, engine_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 
 def _config(**rope):
@@ -146,3 +146,153 @@ def test_kv_quantization_composes_with_every_method(method, kv_quant, tolerance)
 
     # head_dim 16 here: positions and scales weigh more than at SmolLM2's 64 (0.27x for int8 there)
     assert kv_bytes(quantized) < (0.4 if kv_quant == "int8" else 0.3) * kv_bytes(plain)
+
+
+# --- logit-level checks: the shared rope_scaling option against transformers and across methods ---
+# 400 tokens is past the tiny model's trained window (256), so every scaling changes the logits.
+LONG = prompt_ids(400)
+RAISED_THETA = 10000.0 * 2.0 ** (16 / 14)  # static NTK by 2 on head_dim 16: a plain RoPE with this base
+
+
+def _hf_logits(ids, **rope):
+    """Logits of the tiny HF model (same weights as tiny_hf_model()) shipped with RoPE parameters `rope`."""
+    model = tiny_hf_model(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, **rope})
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
+
+
+@pytest.mark.parametrize("kind,options,hf_rope,chunks", [
+    ("linear", {"rope_factor": 2.0}, {"rope_type": "linear", "factor": 2.0}, [400, 64]),
+    ("yarn", {"rope_factor": 2.0}, {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 256},
+     [400, 64]),
+    ("ntk", {"rope_factor": 2.0}, {"rope_theta": RAISED_THETA}, [400, 64]),  # transformers has no static NTK
+    # HF's dynamic NTK recomputes the frequencies from the current length: the whole prompt in one
+    # forward is where both apply NTK at length 400 to every position (see the step test below).
+    ("dynamic", {"rope_factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}, [400]),
+    ("dynamic", {"target_length": 1024}, {"rope_type": "dynamic", "factor": 1.0}, [400]),  # factor 1, see SCALINGS
+])
+def test_dense_with_a_scaling_matches_the_hf_model_shipped_with_it(kind, options, hf_rope, chunks):
+    expected = _hf_logits(LONG, **hf_rope)
+    model = tiny_hf_model()
+    plain = all_logits(tiny_lm(model=model), LONG, 400)
+    assert (expected - plain).abs().max() > 0.1  # the scaling matters on this input
+    for chunk in chunks:
+        got = all_logits(tiny_lm(model=model, rope_scaling=kind, **options), LONG, chunk)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=f"{kind} {options} chunk {chunk}")
+
+
+def test_dense_dynamic_ntk_rerotates_every_key_when_the_length_grows():
+    """Dynamic NTK follows the current length: once a chunk or step passes the trained window, every
+    stored key is rotated again at the new frequencies, as HF's forward over the whole prefix does.
+
+    One layer, so that pre-RoPE keys and values depend on the tokens alone: a re-rotated cache then
+    equals HF's recomputation exactly. (With more layers the stored keys of later layers come from
+    hidden states computed at the earlier frequencies, so only the whole prompt at once matches HF.)
+    """
+    rope = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    hf = tiny_hf_model(num_hidden_layers=1, rope_parameters=rope)
+    lm = tiny_lm(model=tiny_hf_model(num_hidden_layers=1), rope_scaling="dynamic", rope_factor=2.0)
+    ids = prompt_ids(276)
+    session = lm.new_session()
+    session.prefill(ids[:240], chunk=240, final=False)  # inside the window: the model's own frequencies
+    crossing = session.prefill(ids[240:272], chunk=32, all_logits=True)  # positions 240..271
+    steps = torch.stack([session.step(token) for token in ids[272:]])
+    with torch.no_grad():  # increasing lengths: HF's rotary keeps the longest length it has seen
+        expected_crossing = hf(torch.tensor([ids[:272]])).logits[0, 240:]
+        expected_steps = torch.stack([hf(torch.tensor([ids[:n]])).logits[0, -1] for n in range(273, 277)])
+    torch.testing.assert_close(crossing, expected_crossing, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(steps, expected_steps, rtol=1e-4, atol=1e-5)
+
+
+
+def test_dynamic_ntk_frequencies_belong_to_each_sequence():
+    """Dynamic NTK's frequencies follow the length of the sequence being run, not of another one:
+    neither an earlier, longer request on the same LongLM nor a longer question on another fork of
+    the same context may change them."""
+    short = LONG[:300]
+    dynamic_model = tiny_hf_model(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    lm = tiny_lm(model=dynamic_model)  # a model shipped with dynamic NTK: every session starts from its RoPE
+    first = all_logits(lm, short, 300)
+    torch.testing.assert_close(first, _hf_logits(short, rope_type="dynamic", factor=2.0), rtol=1e-4, atol=1e-5)
+    all_logits(lm, LONG, 400)
+    torch.testing.assert_close(all_logits(lm, short, 300), first, rtol=0, atol=0)
+
+    lm = tiny_lm(model=tiny_hf_model(), rope_scaling="dynamic", rope_factor=2.0)
+    context = lm.new_session()
+    context.prefill(LONG[:280], chunk=64, final=False)
+    alone = context.fork().prefill(LONG[280:300], all_logits=True)
+    context.fork().prefill(LONG[280:400], chunk=64)  # a longer question first
+    torch.testing.assert_close(context.fork().prefill(LONG[280:300], all_logits=True), alone, rtol=0, atol=0)
+
+# Options under which each method must equal dense on a 400-token run: every context fits the window,
+# which the factor-2 scaling (512) makes possible for infllm (n_local + exec_block = 480 > 256) and for
+# squeezed at true positions (positions up to 399). self_extend refuses any scaling (tested below).
+WITHIN_SCALED_WINDOW = {
+    "streaming": {"n_sink": 4, "window": 448},
+    "infllm": {"n_local": 448, "n_init": 4, "block_size": 8, "topk_blocks": 2, "exec_block": 32},
+    "snapkv": {"budget": 512, "obs_window": 8},
+    "squeezed": {"positions": "true", "budget": 1.0, "cluster_size": 4, "obs_window": 8},
+}
+DOCUMENT, QUESTION, DECODE = LONG[:360], LONG[360:396], LONG[396:]
+
+
+@pytest.mark.parametrize("kind", ["linear", "yarn", "ntk"])
+def test_methods_within_their_window_equal_dense_with_the_same_scaling(kind):
+    model = tiny_hf_model()
+    expected, _ = engine_logits(tiny_lm(model=model, rope_scaling=kind, rope_factor=2.0),
+                                DOCUMENT, QUESTION, DECODE, 64)
+    unscaled, _ = engine_logits(tiny_lm(model=model), DOCUMENT, QUESTION, DECODE, 64)
+    assert (expected - unscaled).abs().max() > 0.1  # a method that dropped the scaling would fail below
+    for method, options in WITHIN_SCALED_WINDOW.items():
+        lm = tiny_lm(method=method, model=model, rope_scaling=kind, rope_factor=2.0, **options)
+        got, session = engine_logits(lm, DOCUMENT, QUESTION, DECODE, 64)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=f"{method} with {kind}")
+        assert session.policy.ctx.trained_window == 512
+        if method == "squeezed":  # the document was clustered and every key read through the lookup
+            touched = session.policy.touched
+            assert session.policy.clustered() and touched["selected"] == touched["context"] > 0
+
+
+@pytest.mark.parametrize("kind,hf_rope", [
+    ("linear", {"rope_type": "linear", "factor": 4.0}),
+    ("yarn", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}),
+    ("ntk", {"rope_theta": 10000.0 * 4.0 ** (16 / 14)}),
+])
+def test_target_length_sets_the_factor(kind, hf_rope):
+    assert scaling_factor(None, 1024, 256) == 4.0
+    model = tiny_hf_model()
+    lm = tiny_lm(model=model, rope_scaling=kind, target_length=1024)
+    session = lm.new_session()
+    assert session.policy.ctx.trained_window == 1024
+    explicit = all_logits(tiny_lm(model=model, rope_scaling=kind, rope_factor=4.0), LONG, 400)
+    got = all_logits(lm, LONG, 400)
+    torch.testing.assert_close(got, explicit, rtol=0, atol=0)
+    torch.testing.assert_close(got, _hf_logits(LONG, **hf_rope), rtol=1e-4, atol=1e-5)
+    twice = all_logits(tiny_lm(model=model, rope_scaling=kind, rope_factor=2.0), LONG, 400)
+    assert (got - twice).abs().max() > 0.05  # the factor shows in the logits
+
+
+def test_dynamic_ntk_from_a_target_length_is_ntk_at_the_current_length():
+    # the target sets the window a method may assume (4x); the frequencies follow the length (factor 1)
+    session = tiny_lm(rope_scaling="dynamic", target_length=1024).new_session()
+    assert session.policy.ctx.trained_window == 1024
+    assert session.policy.rope.params["factor"] == 1.0
+    assert tiny_lm(rope_scaling="dynamic", rope_factor=4.0).new_session().policy.rope.params["factor"] == 4.0
+
+
+@pytest.mark.parametrize("kind", ["linear", "ntk", "yarn", "dynamic"])
+def test_self_extend_refuses_every_scaling(kind):
+    with pytest.raises(LongreachError, match="self_extend assigns positions itself"):
+        method_config("self_extend", {"rope_scaling": kind, "rope_factor": "2"})
+
+
+def test_refusals_when_the_session_is_built():
+    dynamic_model = tiny_hf_model(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    for method in ("streaming", "snapkv", "squeezed"):  # a model's own dynamic NTK (infllm, self_extend above)
+        with pytest.raises(LongreachError, match=f"method '{method}': {method} .*dynamic NTK"):
+            tiny_lm(method=method, model=dynamic_model).new_session()
+    linear_model = tiny_hf_model(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    with pytest.raises(LongreachError, match="already uses 'linear' RoPE scaling; rope_scaling would replace it"):
+        tiny_lm(model=linear_model, rope_scaling="yarn", rope_factor=2.0).new_session()
+    with pytest.raises(LongreachError, match=r"target_length \(200\) is within the trained window \(256\)"):
+        tiny_lm(rope_scaling="linear", target_length=200).new_session()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from copy import copy as shallow_copy
 
 import torch
 
@@ -31,7 +32,8 @@ class Session:
         ctx = MethodContext(n_layers=adapter.n_layers, n_heads=adapter.n_heads,
                             n_kv_heads=adapter.n_kv_heads, head_dim=adapter.head_dim,
                             scale=adapter.scale, trained_window=adapter.trained_window,
-                            rope=adapter.rope, store=self.store, device=adapter.device, trace=self.trace)
+                            rope=_own_rope(adapter.rope), store=self.store, device=adapter.device,
+                            trace=self.trace)
         try:
             self.policy = method.build(method.prepare(ctx))
         except ValueError as exc:
@@ -47,6 +49,8 @@ class Session:
         copy.policy.__dict__.update(self.policy.__dict__)
         copy.policy.store = copy.store
         copy.policy.ctx = dataclasses.replace(self.policy.ctx, store=copy.store, trace=None)
+        if self.policy.rope.rope_type == "dynamic":  # dense only: the fork's length is its own
+            copy.policy.rope = copy.policy.ctx.rope = _own_rope(self.policy.rope)
         copy.policy.reset_caches()
         return copy
 
@@ -94,6 +98,13 @@ class Session:
         self.policy.phase = "decode"
         hidden = self._forward(torch.tensor([token]))
         return self.adapter.logits(hidden[:, -1])[0]
+
+
+def _own_rope(rope):
+    """`rope`, or a copy of it for one sequence when it is dynamic NTK: its frequencies follow the longest
+    length it has rotated, so one shared by sessions (the adapter's) or by forks would give a sequence
+    the frequencies of another's length."""
+    return shallow_copy(rope) if rope.rope_type == "dynamic" else rope
 
 
 class LongLM:

@@ -22,9 +22,11 @@ class DensePolicy(Policy):
         segment = self.store[layer].segment("tokens")
         n_past = len(segment)
         segment.append(k, v, positions)
+        # The query first: its positions reach the newest one, so dynamic NTK updates its frequencies
+        # here, and the stored keys below are rotated again at them (not left at the old ones).
+        q = self.rope.rotate(q, positions)
         keys = segment.rotated_keys(self.rope)  # [B, Hkv, n_past + n, d]
         values = segment.values
-        q = self.rope.rotate(q, positions)
         scale = self.ctx.scale
         if q.shape[2] == 1:
             return attend(q, keys, values, scale).out
