@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from common import ResultFile, machines_line, markdown_table
+from methods_targets import target_rows
 
 import longreach
 from longreach.tasks import passkey_sample, score_passkey
@@ -233,7 +234,8 @@ def main() -> int:
     out.with_suffix(".md").write_text(
         "# Methods side by side on SmolLM2-135M-Instruct\n\n"
         f"Command: `python benchmarks/methods_compare.py --lengths {args.lengths} --tasks {args.tasks}`\n\n"
-        + table + f"\n\n{machines_line(cells)}\n\n![accuracy vs KV memory]({out.with_suffix('.png').name})\n")
+        + table + f"\n\n{machines_line(cells)}\n\n![accuracy vs KV memory]({out.with_suffix('.png').name})\n"
+        + "\n## Targets (issue 4)\n\n" + markdown_table(["target", "measured", "verdict"], target_rows(cells)) + "\n")
     print(table)
     return 0
 
