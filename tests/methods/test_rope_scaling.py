@@ -129,12 +129,17 @@ def test_a_query_rotated_at_a_distance_scores_unrotated_keys_as_both_rotated(kin
 @pytest.mark.parametrize("method", ["dense", "streaming", "infllm", "self_extend", "snapkv", "squeezed"])
 @pytest.mark.parametrize("kv_quant,tolerance", [("int8", 0.02), ("int4", 0.3)])
 def test_kv_quantization_composes_with_every_method(method, kv_quant, tolerance):
-    from runner import WITHIN_WINDOW
+    """Through the engine's path (squeezed clusters quantized keys, every method decodes from them)."""
+    from runner import DECODE, DOCUMENT, QUESTION, WITHIN_WINDOW
     model = tiny_hf_model()
     ids = prompt_ids(200)
     plain_lm = tiny_lm(method=method, model=model, **WITHIN_WINDOW[method])
     quant_lm = tiny_lm(method=method, model=model, kv_quant=kv_quant, **WITHIN_WINDOW[method])
-    torch.testing.assert_close(all_logits(quant_lm, ids, 64), all_logits(plain_lm, ids, 64), rtol=0, atol=tolerance)
+    quantized_logits, quantized_session = engine_logits(quant_lm, DOCUMENT, QUESTION, DECODE, 64)
+    torch.testing.assert_close(quantized_logits, engine_logits(plain_lm, DOCUMENT, QUESTION, DECODE, 64)[0],
+                               rtol=0, atol=tolerance)
+    if method == "squeezed":
+        assert quantized_session.policy.clustered()
     plain, quantized = plain_lm.new_session(), quant_lm.new_session()
     plain.prefill(ids, chunk=64)
     quantized.prefill(ids, chunk=64)
