@@ -99,11 +99,7 @@ def run_cell(lm, sample, scorer, chunk: int, fixed_context: bool) -> dict:
     if hasattr(session.policy, "time_whole_context"):  # squeezed: time the attention it replaces too
         session.policy.time_whole_context = True
     t0 = time.perf_counter()
-    if fixed_context:
-        session.prefill(sample.prompt_ids[:sample.context_end], chunk, final=False)
-        logits = session.prefill(sample.prompt_ids[sample.context_end:], chunk)
-    else:
-        logits = session.prefill(sample.prompt_ids, chunk)
+    logits = session.prefill_document(sample.prompt_ids, sample.context_end if fixed_context else None, chunk)
     t1 = time.perf_counter()
     generated = []
     for _ in range(sample.max_new_tokens):

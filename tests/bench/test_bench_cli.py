@@ -85,7 +85,9 @@ def test_data_edited_after_a_run_is_refused_on_resume(tmp_path, capsys, model, w
     write_jsonl(data, [good[0], {"context": "Bob is 7.", "question": "How old is Bob?", "answers": "7"}, good[1]])
     code, _, err = cli(capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "item 1 of jsonl" in err and "the data changed" in err
+    assert "line 2 of jsonl (512 tokens)" in err and "recorded for dense" in err and "the data changed" in err
+    other_method = [a if a != "dense" else "streaming" for a in args]  # not recorded yet: still refused
+    assert cli(capsys, *other_method)[0] == 2
     assert (out / "results.jsonl").read_text() == before
     write_jsonl(data, [*good, {"context": "Bob is 7.", "question": "How old is Bob?", "answers": "7"}])
     code, _, err = cli(capsys, *args)  # an item appended after the recorded ones: the run resumes

@@ -115,7 +115,8 @@ def test_a_fixed_context_method_gets_the_document_before_the_question(tmp_path, 
     assert "What is the special magic number" in question and "The grass is green" not in question
     assert lm.tokenizer.decode(prompt[:end]).rstrip().endswith("The grass is green. The sky is blue. The sun is "
                                                                 "yellow. Here we go. There and back again.")
-    assert [r["method_name"] for r in records(tmp_path / "run")] == ["dense", "squeezed"]
+    assert [(r["method_name"], r["document_end"]) for r in records(tmp_path / "run")] == [("dense", None),
+                                                                                          ("squeezed", end)]
 
 
 def test_directory_of_another_configuration_is_refused(tmp_path, lm):

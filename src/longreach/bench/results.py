@@ -55,6 +55,7 @@ class Record:
     needle_recall: float | None = None
     meta: dict = field(default_factory=dict)   # dataset, difficulty, item id, ...
     machine: str = ""             # where it ran (longreach.machine.machine_label); "" before it was recorded
+    document_end: int | None = None  # fixed-context methods: the prompt's document was prefilled first, up to here
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -142,7 +143,6 @@ class ResultsDir:
                     if problems is not None:
                         problems.append(f"{self.results_file.name}:{number}: unreadable record ({exc})")
         return records
-
 
     def appender(self) -> Appender:
         return Appender(self.results_file)

@@ -151,7 +151,7 @@ def run_methods(lm, sample: Sample, cell: Cell, methods: list[MethodSpec], seed:
             kv_bytes=stats.kv_bytes, seconds=stats.prefill_seconds + stats.decode_seconds,
             build_seconds=build_seconds / len(methods), score_seconds=0.0, needle_recall=recall,
             meta={k: sample.meta[k] for k in META_KEYS if k in sample.meta},
-            machine=machine_label(lm.device)))
+            machine=machine_label(lm.device), document_end=document_end))
         records[-1].score_seconds = time.perf_counter() - start
     return records
 
@@ -193,7 +193,7 @@ def run_bench(config: BenchConfig, lm=None, tokenizer=None) -> RunSummary:
     tokenizer_seconds = time.perf_counter() - start
     source = SampleSource(config.sweep, tokenizer)
     recorded = {r.key: r.prompt_hash for r in results.read()}
-    source.check_recorded(recorded, [m.label for m in config.methods])
+    source.check_recorded(recorded)
     units, already = plan(config, source, set(recorded))
     for subtask, reason in source.skipped.items():
         results.note("skipped", task=config.sweep.task, subtask=subtask, reason=reason)

@@ -122,24 +122,31 @@ class SampleSource:
                 sample = self.sample(cell)
                 self._built[cell] = (sample, self.last_seconds)
 
-    def check_recorded(self, recorded: dict[str, str], labels: list[str]) -> None:
+    def check_recorded(self, recorded: dict[str, str]) -> None:
         """Refuse to resume a data task whose prompts changed since they were recorded.
 
         Data cells are numbered by their place among the usable items, so an edited file (a line
-        fixed, added or removed) would shift them: `recorded` maps record keys to prompt hashes.
+        fixed, added or removed) would shift them: `recorded` maps record keys to prompt hashes,
+        and every recorded method of a cell is checked (a method added later must not run on
+        another prompt than the ones it will be compared with).
         """
         if not self.from_data:
             return
+        by_cell = {}  # "task/subtask/length/depth/sample/" -> (prompt hash, a method recorded on it)
+        for key, value in recorded.items():
+            parts = key.split("/", 5)
+            by_cell["/".join(parts[:5]) + "/"] = (value, parts[-1])
         for cell in self.cells():
-            samples = self._load(cell.subtask, cell.length)
-            sample = samples[cell.sample]
-            for label in labels:
-                before = recorded.get(cell.key(label))
-                if before is not None and sample is not None and before != prompt_hash(sample.prompt_ids):
-                    raise LongreachError(
-                        f"item {cell.sample} of {self.spec.task} {cell.subtask} at {cell.length} tokens is "
-                        f"another prompt than the one recorded for {label}: the data changed since this "
-                        f"directory was filled; use another --out (the recorded results are kept)")
+            before = by_cell.get(cell.key(""))
+            sample = self._load(cell.subtask, cell.length)[cell.sample]
+            if before is None or sample is None or before[0] == prompt_hash(sample.prompt_ids):
+                continue
+            where = f"line {sample.meta['line']}" if "line" in sample.meta else f"item {cell.sample}"
+            task = self.spec.task if cell.subtask == self.spec.task else f"{self.spec.task} {cell.subtask}"
+            raise LongreachError(
+                f"{where} of {task} ({cell.length} tokens) is another prompt than the "
+                f"one recorded for {before[1]}: the data changed since this directory was filled; use "
+                f"another --out (the recorded results are kept)")
 
     def _load(self, subtask: str, length: int) -> list[Sample]:
         key = (subtask, length)

@@ -49,7 +49,7 @@ class Session:
         copy.policy.__dict__.update(self.policy.__dict__)
         copy.policy.store = copy.store
         copy.policy.ctx = dataclasses.replace(self.policy.ctx, store=copy.store, trace=None)
-        if self.policy.rope.rope_type == "dynamic":  # dense only: the fork's length is its own
+        if self.policy.rope.rope_type == "dynamic":  # the fork's length is its own from here on
             copy.policy.rope = copy.policy.ctx.rope = _own_rope(self.policy.rope)
         copy.policy.reset_caches()
         return copy
@@ -93,11 +93,34 @@ class Session:
             return torch.cat([*every, logits[None]]) if all_logits else logits
         return torch.cat(every) if all_logits else self.adapter.logits(last)[0]
 
+    def prefill_document(self, ids: list[int] | torch.Tensor, document_end: int | None, chunk: int = 512,
+                         on_progress: ProgressFn | None = None) -> torch.Tensor:
+        """Prefill a prompt whose first `document_end` ids are a document and the rest a question:
+        the document first, as a stored context (final=False), then the question; logits [V] of
+        the last position. `document_end=None` prefills the prompt in one piece. A fixed-context
+        method (squeezed) clusters what it holds at the first prefill's end: on a fork of an
+        already clustered context the marked document is not clustered again."""
+        if document_end is None:
+            return self.prefill(ids, chunk, on_progress)
+        total = len(ids)
+        check_document_end(document_end, total)
+        self.prefill(ids[:document_end], chunk, on_progress and (lambda done, _: on_progress(done, total)),
+                     final=False)
+        return self.prefill(ids[document_end:], chunk,
+                            on_progress and (lambda done, _: on_progress(document_end + done, total)))
+
     def step(self, token: int) -> torch.Tensor:
         """Feed one token; logits [V] for the next."""
         self.policy.phase = "decode"
         hidden = self._forward(torch.tensor([token]))
         return self.adapter.logits(hidden[:, -1])[0]
+
+
+def check_document_end(document_end, n_ids: int) -> None:
+    """Refuse a document end that is not a token index strictly inside a prompt of `n_ids` ids."""
+    if isinstance(document_end, bool) or not isinstance(document_end, int) or not 0 < document_end < n_ids:
+        raise LongreachError(f"document_end must be a token index inside the prompt (1..{max(n_ids - 1, 1)}), "
+                             f"got {document_end!r}")
 
 
 def _own_rope(rope):
@@ -169,7 +192,8 @@ class LongLM:
                 fork of it (the context itself is left unchanged).
             document_end: the prompt's first `document_end` tokens are a document and the rest
                 a question about it: the document is prefilled first, as a stored context would
-                be (a fixed-context method such as `squeezed` processes it before the question).
+                be (a fixed-context method such as `squeezed` clusters it alone; with `context`,
+                whose document was clustered already, it is not clustered again).
             **sampling: temperature, top_k, top_p, repetition_penalty, seed, stop.
         Returns:
             A GenerationResult with text, finish_reason and stats.
@@ -191,12 +215,12 @@ class LongLM:
             on_progress: ProgressFn | None = None, trace: bool = False,
             context: Session | None = None, document_end: int | None = None,
             **sampling) -> GenerationRun:
-        """A generation to iterate over for text pieces; its `result` is set once iteration ends."""
+        """A generation to iterate over for text pieces; its `result` is set once iteration ends
+        (arguments as for `generate`)."""
         params = SamplingParams(max_new_tokens=max_new_tokens, **sampling)
         ids = self.encode(prompt)
-        if document_end is not None and not 0 < document_end < len(ids):
-            raise LongreachError(f"document_end must lie inside the prompt (1..{len(ids) - 1}), "
-                                 f"got {document_end}")
+        if document_end is not None:
+            check_document_end(document_end, len(ids))
         return GenerationRun(self, ids, params, on_progress, trace, context, document_end)
 
     def chat(self, messages: list[dict], max_new_tokens: int = 128, **kwargs) -> GenerationResult:
@@ -228,15 +252,6 @@ class GenerationRun:
         self.document_end = document_end
         self.result: GenerationResult | None = None
 
-    def _prefill(self, session: Session) -> torch.Tensor:
-        """The prompt's logits: the document first (not ending the prompt) when it is marked."""
-        ids, chunk, split, report = self.ids, self.lm.prefill_chunk, self.document_end, self.on_progress
-        if split is None:
-            return session.prefill(ids, chunk, report)
-        total = len(ids)
-        session.prefill(ids[:split], chunk, report and (lambda done, _: report(done, total)), final=False)
-        return session.prefill(ids[split:], chunk, report and (lambda done, _: report(split + done, total)))
-
     def __iter__(self) -> Iterator[str]:
         lm, params = self.lm, self.params
         device = lm.device
@@ -248,7 +263,7 @@ class GenerationRun:
             session, cached = lm.new_session(trace=self.trace), 0
         sampler = Sampler(params, device)
         t0 = time.perf_counter()
-        logits = self._prefill(session)
+        logits = session.prefill_document(self.ids, self.document_end, lm.prefill_chunk, self.on_progress)
         t1 = time.perf_counter()
         history = torch.tensor(self.ids, dtype=torch.long)
         generated: list[int] = []
