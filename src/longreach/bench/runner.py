@@ -192,9 +192,9 @@ def run_bench(config: BenchConfig, lm=None, tokenizer=None) -> RunSummary:
         tokenizer = lm.tokenizer if lm is not None else load_tokenizer(config.model)
     tokenizer_seconds = time.perf_counter() - start
     source = SampleSource(config.sweep, tokenizer)
-    recorded = {r.key: r.prompt_hash for r in results.read()}
+    recorded = results.read()
     source.check_recorded(recorded)
-    units, already = plan(config, source, set(recorded))
+    units, already = plan(config, source, {r.key for r in recorded})
     for subtask, reason in source.skipped.items():
         results.note("skipped", task=config.sweep.task, subtask=subtask, reason=reason)
     for problem in source.problems:

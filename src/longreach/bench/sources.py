@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import LongreachError
 from .cells import Cell
 from .prompting import Sample
-from .results import prompt_hash
+from .results import Record, prompt_hash
 from .tasks import TaskOptions, check_options, get_task, load_samples, make_sample, resolve_subtasks, skip_reason
 
 DEFAULT_SAMPLES = 5
@@ -122,30 +122,27 @@ class SampleSource:
                 sample = self.sample(cell)
                 self._built[cell] = (sample, self.last_seconds)
 
-    def check_recorded(self, recorded: dict[str, str]) -> None:
+    def check_recorded(self, records: list[Record]) -> None:
         """Refuse to resume a data task whose prompts changed since they were recorded.
 
         Data cells are numbered by their place among the usable items, so an edited file (a line
-        fixed, added or removed) would shift them: `recorded` maps record keys to prompt hashes,
-        and every recorded method of a cell is checked (a method added later must not run on
-        another prompt than the ones it will be compared with).
+        fixed, added or removed) would shift them: each cell's prompt is compared with the one
+        recorded for it by any method (a method added later must not run on another prompt than
+        the ones it will be compared with).
         """
         if not self.from_data:
             return
-        by_cell = {}  # "task/subtask/length/depth/sample/" -> (prompt hash, a method recorded on it)
-        for key, value in recorded.items():
-            parts = key.split("/", 5)
-            by_cell["/".join(parts[:5]) + "/"] = (value, parts[-1])
+        by_cell = {r.key[:len(r.key) - len(r.method)]: r for r in records}  # cell.key("") -> a record
         for cell in self.cells():
             before = by_cell.get(cell.key(""))
             sample = self._load(cell.subtask, cell.length)[cell.sample]
-            if before is None or sample is None or before[0] == prompt_hash(sample.prompt_ids):
+            if before is None or sample is None or before.prompt_hash == prompt_hash(sample.prompt_ids):
                 continue
             where = f"line {sample.meta['line']}" if "line" in sample.meta else f"item {cell.sample}"
             task = self.spec.task if cell.subtask == self.spec.task else f"{self.spec.task} {cell.subtask}"
             raise LongreachError(
                 f"{where} of {task} ({cell.length} tokens) is another prompt than the "
-                f"one recorded for {before[1]}: the data changed since this directory was filled; use "
+                f"one recorded for {before.method}: the data changed since this directory was filled; use "
                 f"another --out (the recorded results are kept)")
 
     def _load(self, subtask: str, length: int) -> list[Sample]:

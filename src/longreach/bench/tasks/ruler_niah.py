@@ -12,7 +12,16 @@ import uuid
 from functools import lru_cache
 
 from ..haystacks import ESSAY_MISSING_NOTE, NOISE, essay_words, split_sentences, wonderwords_list
-from ..prompting import Built, Sample, count_tokens, encode_sample, find_spans, fit_or_raise, wrap_prompt
+from ..prompting import (
+    Built,
+    Sample,
+    count_tokens,
+    encode_sample,
+    find_spans,
+    fit_or_raise,
+    template_parts,
+    wrap_prompt,
+)
 from .ruler_spec import TEMPLATES, NiahConfig
 
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
@@ -111,7 +120,8 @@ def niah_sample(tokenizer, name: str, config: NiahConfig, length: int, seed: int
         user = template.format(type_needle_v=type_v, context=context, query=query)
         prompt_prefix = prefix.format(type_needle_v=type_v, query=query)
         text, offset = wrap_prompt(tokenizer, user, prompt_prefix, chat, verbatim_prefix=True)
-        context_end = offset + len(template.split("{context}")[0].format(type_needle_v=type_v)) + len(context)
+        lead, _ = template_parts(template, type_needle_v=type_v, query=query)
+        context_end = offset + len(lead) + len(context)
         return Built(text, find_spans(text, found, offset), context_end), answers, depths
 
     low = 0 if haystack == "essay" else num_keys * config.num_values  # room for every needle
