@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 from common import ResultFile, markdown_table, matmul_gflops
+from peers import best_of, hf_reference
 
 import longreach
 from longreach.methods import method_config
@@ -44,44 +43,6 @@ def run_cell(lm, sample) -> dict:
     return {"correct": score_passkey(result.text, sample.answers), "prediction": result.text,
             "answer": sample.answers[0], "prompt_tokens": s.prompt_tokens, "prompt_tps": s.prompt_tps,
             "generation_tps": s.generation_tps, "peak_rss_mb": s.peak_memory_mb, "kv_bytes": s.kv_bytes}
-
-
-class _Clock:
-    """A generate() streamer that timestamps each token: prefill ends when the first one arrives."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, value):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-
-def hf_reference(lm, sample, new_tokens: int = 10) -> dict:
-    """transformers' own generate on the same weights: prefill rate, decode rate, greedy text."""
-    model = lm.adapter.hf_model
-    ids = torch.tensor([sample.prompt_ids])
-    clock = _Clock()
-    with torch.inference_mode():
-        start = time.perf_counter()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             pad_token_id=lm.tokenizer.eos_token_id, streamer=clock)
-    first, last = clock.times[1], clock.times[-1]  # times[0] is the prompt itself
-    text = lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    return {"prompt_tokens": ids.shape[1], "prompt_tps": ids.shape[1] / (first - start),
-            "generation_tps": (len(clock.times) - 2) / max(last - first, 1e-9), "text": text,
-            "correct": score_passkey(text, sample.answers)}
-
-
-def best_of(runs: list[dict]) -> dict:
-    """The fastest of repeated runs (machine noise only ever slows a run down)."""
-    best = dict(runs[0])
-    best["prompt_tps"] = max(r["prompt_tps"] for r in runs)
-    best["generation_tps"] = max(r["generation_tps"] for r in runs)
-    return best
 
 
 def attended_keys(lm, length: int) -> float:

@@ -82,14 +82,50 @@ def test_a_quantized_store_adopts_a_plain_state():
 
 
 @pytest.mark.parametrize("bits,limit", [(8, 0.27), (4, 0.15)])
-def test_bytes_per_token_against_float32(bits, limit):
-    """SmolLM2's shape (3 KV heads of 64): int8 <= 0.27x of float32 keys+values, int4 about half that."""
+@pytest.mark.parametrize("n", [1024, 4095])
+def test_bytes_per_token_against_float32(bits, limit, n):
+    """SmolLM2's shape (3 KV heads of 64, groups of 64): int8 <= 0.27x of float32, int4 about half
+    that, everything counted (positions too), also at 4K with the longest key tail (63 tokens)."""
     plain = KVStore(1, 3, 64, torch.float32, "cpu")
     quant = KVStore(1, 3, 64, torch.float32, "cpu", quant=QuantSpec(bits, 64))
+    keys, values = torch.randn(1, 3, n, 64), torch.randn(1, 3, n, 64)
     for store in (plain, quant):
-        keys, values = torch.randn(1, 3, 1024, 64), torch.randn(1, 3, 1024, 64)
-        store[0].segment("s").append(keys, values, torch.arange(1024))
+        store[0].segment("s").append(keys, values, torch.arange(n))
     assert quant.nbytes <= limit * plain.nbytes
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_codes_do_not_depend_on_how_tokens_arrive(bits):
+    """Every key passes through the float16 tail, so one append or many give the same codes, tail and
+    reads; the tail holds the newest keys to float16 precision."""
+    keys, values, positions = _tokens(0, 43)
+    whole = QuantizedSegment(1, 2, 16, torch.float32, "cpu", QuantSpec(bits, 8))
+    whole.append(keys, values, positions)
+    pieces = QuantizedSegment(1, 2, 16, torch.float32, "cpu", QuantSpec(bits, 8))
+    for a, b in ((0, 1), (1, 6), (6, 13), (13, 14), (14, 43)):
+        pieces.append(keys[:, :, a:b], values[:, :, a:b], positions[a:b])
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(pieces.state_dict()[name], tensor), name
+    assert whole.state_dict()["tail_keys"].dtype == torch.float16
+    torch.testing.assert_close(whole.keys[:, :, 40:], keys[:, :, 40:], rtol=1e-3, atol=1e-3)
+    assert whole.keys.dtype == torch.float32
+
+
+@pytest.mark.parametrize("quant", [None, QuantSpec(8, 8)])
+def test_positions_are_stored_as_int32_and_read_as_int64(quant):
+    """Positions cost 4 bytes per token; every read gives int64; a context saved with int64
+    positions (before) still loads."""
+    segment = KVStore(1, 2, 16, torch.float32, "cpu", quant=quant)[0].segment("s")
+    segment.append(*_tokens(0, 21))
+    assert segment._positions.dtype == torch.int32
+    assert segment.positions.dtype == segment.slice(3, 9)[2].dtype == torch.long
+    assert segment.gather(torch.tensor([0, 20, 5]))[2].tolist() == [0, 20, 5]
+    old = {name: t.long() if name == "positions" else t for name, t in segment.state_dict().items()}
+    assert segment.state_dict()["positions"].dtype == torch.int32
+    restored = KVStore(1, 2, 16, torch.float32, "cpu", quant=quant)[0].segment("s")
+    restored.load_state_dict(old)
+    restored.append(*_tokens(21, 3))
+    assert restored.positions.tolist() == list(range(24)) and restored._positions.dtype == torch.int32
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -98,8 +134,9 @@ def test_bytes_are_counted_by_hand(bits, n):
     """2 KV heads of 16 channels, groups of 8: what a quantized store holds, byte by byte.
 
     Keys: the whole groups of 8 tokens as codes with a float16 scale and zero point per group, head
-    and channel; the last n % 8 keys in float32. Values: every token as codes with a float16 scale
-    and zero point per token, head and group of 8 channels. Positions: one int64 per token. The
+    and channel; the last n % 8 keys in float16 (the model is float32). Values: every token as codes
+    with a float16 scale and zero point per token, head and group of 8 channels. Positions: one int32
+    per token. The
     rotated-key cache, once built, adds codes, scales and zero points for the quantized keys only.
     """
     store = KVStore(1, 2, 16, torch.float32, "cpu", quant=QuantSpec(bits, 8))
@@ -107,13 +144,13 @@ def test_bytes_are_counted_by_hand(bits, n):
     segment.append(*_tokens(0, n))
     code = bits / 8  # bytes per code
     grouped = n // 8 * 8
-    keys = grouped * 2 * 16 * code + (n // 8) * 2 * 16 * (2 + 2) + (n - grouped) * 2 * 16 * 4
+    keys = grouped * 2 * 16 * code + (n // 8) * 2 * 16 * (2 + 2) + (n - grouped) * 2 * 16 * 2
     values = n * 2 * 16 * code + n * 2 * (16 // 8) * (2 + 2)
-    assert segment.nbytes == store.nbytes == keys + values + n * 8
+    assert segment.nbytes == store.nbytes == keys + values + n * 4
     rope = RotaryEmbedding(LlamaConfig(head_dim=16, hidden_size=32, num_attention_heads=2), 16)
     segment.rotated_keys(rope)
     rotated = grouped * 2 * 16 * code + (n // 8) * 2 * 16 * (2 + 2)
-    assert store.nbytes == keys + values + n * 8 + rotated
+    assert store.nbytes == keys + values + n * 4 + rotated
 
 
 def test_quantization_is_chosen_before_storing():

@@ -45,7 +45,7 @@ def test_byte_accounting_and_tiers():
     store[0].segment("hot").append(*_tokens(0, 10))
     cold = store[1].segment("cold", offload=True)
     assert cold.device.type == "meta"
-    per_token = 2 * (2 * 8 * 4) + 8  # keys + values for 2 heads of 8 floats, plus a position
+    per_token = 2 * (2 * 8 * 4) + 4  # keys + values for 2 heads of 8 floats, plus an int32 position
     assert store.bytes_by_device()["cpu"] == 10 * per_token
     assert store.nbytes >= 10 * per_token
 

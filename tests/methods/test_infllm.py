@@ -4,6 +4,7 @@ from references import FixedDistanceConfig
 
 from longreach.errors import LongreachError
 from longreach.methods import method_config
+from longreach.methods.infllm import _representatives
 from tiny import all_logits, prompt_ids, tiny_hf_model, tiny_lm
 
 SMALL = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
@@ -59,6 +60,29 @@ def test_representative_is_mean_of_most_attended_keys():
     first_block = layer.segments["memory"].keys[:, :, :8]  # [B, Hkv, 8, d]
     expected = first_block.repeat_interleave(2, dim=1).mean(dim=2)  # H = 2 * Hkv
     torch.testing.assert_close(layer.buffers["repr"].data[0], expected)
+
+
+def test_a_quantized_store_keeps_int8_representatives():
+    """With int8 KV the representatives are int8 too (codes, float16 scale and zero per vector),
+    read back within a quantization step of the mean of the block's keys."""
+    lm = tiny_lm(method="infllm", kv_quant="int8", kv_group=8, **{**SMALL, "repr_tokens": 8})
+    session = lm.new_session()
+    session.prefill(prompt_ids(100), chunk=16)
+    layer = session.store[0]
+    assert "repr" not in layer.buffers and layer.buffers["repr_codes"].data.dtype == torch.uint8
+    representatives = _representatives(layer)
+    assert representatives.shape[0] == len(layer.segments["memory"]) // 8
+    expected = layer.segments["memory"].keys[:, :, :8].repeat_interleave(2, dim=1).mean(dim=2)
+    step = (expected.amax(-1) - expected.amin(-1)) / 255
+    assert ((representatives[0] - expected).abs() <= step[..., None] * 0.5 + 0.02).all()
+
+
+def test_float_representatives_of_an_older_quantized_context_are_read():
+    from longreach.kv import KVStore
+    from longreach.kv.quant import QuantSpec
+    layer = KVStore(1, 2, 8, torch.float32, "cpu", quant=QuantSpec(8, 8))[0]
+    layer.buffer("repr", torch.zeros(1, 1, 4, 8)).append(torch.ones(3, 1, 4, 8))
+    assert torch.equal(_representatives(layer), torch.ones(3, 1, 4, 8))
 
 
 @pytest.mark.parametrize("repr_score", ["attention", "dot"])

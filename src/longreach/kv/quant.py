@@ -2,9 +2,11 @@
 
 Keys are quantized per channel over groups of `group` consecutive tokens (key outliers sit
 in a few channels, KIVI/KVQuant); values per token over groups of `group` channels. A key
-group needs `group` tokens, so the newest keys (fewer than a group) stay in full precision
-until the group fills; values are quantized as they arrive. Scales and zero points are
-float16; codes are asymmetric min/max.
+group needs `group` tokens, so the newest keys (fewer than a group) wait in a 16-bit tail
+until the group fills (float16 for a float32 model, else the model's own dtype; every key
+passes through it, so the codes do not depend on how the tokens were chunked); values are
+quantized as they arrive. Scales and zero points are float16; codes are asymmetric min/max.
+Positions are int32, as in the plain segment.
 
 `QuantizedSegment` has the interface of `KVSegment` (append, drop_front, slice, gather,
 rotated_keys, state_dict, ...). Its rotated-key cache is itself quantized (per channel, from
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .readahead import will_need_rows
-from .rows import interleave, rows_of, split_runs
+from .rows import POSITION_DTYPE, interleave, rows_of, split_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,11 @@ def quantize(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.
     zero = low.half()
     codes = ((x.float() - zero.float()) / scale.float()).round_().clamp_(0, levels).to(torch.uint8)
     return codes, scale, zero
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Float32 values from `quantize`'s codes, scale and zero (broadcast along the reduced dim)."""
+    return codes.float() * scale.float() + zero.float()
 
 
 class _Codes:
@@ -167,6 +174,11 @@ class _Codes:
         return codes
 
 
+def tail_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The key tail's dtype: 16 bits, float16 for a float32 model."""
+    return torch.float16 if dtype == torch.float32 else dtype
+
+
 def _channel_group(group: int, dim: int) -> int:
     """Channels per value scale: `group`, or the whole head when it does not divide the head dim."""
     return group if group <= dim and dim % group == 0 else dim
@@ -192,8 +204,8 @@ class QuantizedSegment:
         capacity = _round_up(capacity, spec.group)
         like = torch.empty(batch, n_kv_heads, 0, head_dim, dtype=dtype, device=self.device)
         self._k, self._v = _Codes(like, spec, True, capacity), _Codes(like, spec, False, capacity)
-        self._positions = torch.empty(capacity, dtype=torch.long, device=self.device)
-        self._tail_k = like
+        self._positions = torch.empty(capacity, dtype=POSITION_DTYPE, device=self.device)
+        self._tail_k = like.to(tail_dtype(dtype))
         self._start = self._qend = 0
         self._reset_rotated()
         # Adopted codes (a stored context's mapped file) are never copied to grow: the quantized
@@ -226,17 +238,17 @@ class QuantizedSegment:
         if a < self._qend:
             parts.append(codes.read_range(a, min(b, self._qend), self.dtype))
         if b > self._qend:
-            parts.append(tail[:, :, max(a - self._qend, 0):b - self._qend])
+            parts.append(tail[:, :, max(a - self._qend, 0):b - self._qend].to(self.dtype))
         return parts[0] if len(parts) == 1 else torch.cat(parts, 2) if parts else tail[:, :, :0]
 
     def _read_rows(self, codes: _Codes, tail: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Rows [m] (every head) or [Hkv, m] (per head) of keys or values."""
         in_tail = rows >= self._qend
         if self._qend == 0:
-            return rows_of(tail, rows - self._qend)
+            return rows_of(tail, rows - self._qend).to(self.dtype)
         out = codes.read(rows.clamp(max=self._qend - 1), self.dtype)
         if bool(in_tail.any()):
-            taken = rows_of(tail, (rows - self._qend).clamp(min=0))
+            taken = rows_of(tail, (rows - self._qend).clamp(min=0)).to(self.dtype)
             mask = in_tail if in_tail.dim() == 2 else in_tail.expand(out.shape[1], -1)
             out = torch.where(mask[None, :, :, None], taken, out)
         return out
@@ -277,7 +289,7 @@ class QuantizedSegment:
 
     @property
     def positions(self) -> torch.Tensor:
-        own = self._positions[self._start:self._end]
+        own = self._positions[self._start:self._end].long()
         return own if self._base is None else torch.cat((self._base.positions, own))
 
     def slice(self, start: int, end: int | None = None):
@@ -286,7 +298,8 @@ class QuantizedSegment:
         if n_base and end <= n_base:
             return self._base.slice(start, end)
         a, b = self._start + max(start - n_base, 0), self._start + end - n_base
-        own = self._read(self._k, self._tail_k, a, b), self._v.read_range(a, b, self.dtype), self._positions[a:b]
+        own = (self._read(self._k, self._tail_k, a, b), self._v.read_range(a, b, self.dtype),
+               self._positions[a:b].long())
         if n_base and start < n_base:
             return tuple(torch.cat(pair, dim) for pair, dim in zip(
                 zip(self._base.slice(start, n_base), own, strict=True), (2, 2, 0), strict=True))
@@ -302,7 +315,7 @@ class QuantizedSegment:
         rows = index + self._start
         self._hint_values(rows)
         return (self._read_rows(self._k, self._tail_k, rows), self._v.read(rows, self.dtype),
-                self._positions.index_select(0, rows))
+                self._positions.index_select(0, rows).long())
 
     def gather(self, index: torch.Tensor, device: torch.device | None = None):
         index = index.to(self.device)
@@ -344,7 +357,8 @@ class QuantizedSegment:
             self._rot.write(a, rope.rotate(keys, self._positions[a:b]))
             self._rot_end = b
         tail_from = max(self._start, self._qend)
-        tail = rope.rotate(self._tail_k[:, :, tail_from - self._qend:], self._positions[tail_from:self._end])
+        tail = rope.rotate(self._tail_k[:, :, tail_from - self._qend:].to(self.dtype),
+                           self._positions[tail_from:self._end])
         if self._start >= self._qend:
             return tail
         head = self._rot.read_range(self._start, self._qend, self.dtype)
@@ -395,7 +409,7 @@ class QuantizedSegment:
         self._reserve(self._end + n)
         self._v.write(self._end, values.to(self.dtype))  # values: per token, no group to wait for
         self._positions[self._end:self._end + n] = positions
-        tail_k = torch.cat((self._tail_k, keys.to(self.dtype)), 2)
+        tail_k = torch.cat((self._tail_k, keys.to(self._tail_k.dtype)), 2)
         full = tail_k.shape[2] // self.spec.group * self.spec.group
         if full:
             a = self._qend
@@ -424,7 +438,7 @@ class QuantizedSegment:
         total += live_tail.numel() * live_tail.element_size()
         if self._rot is not None:
             total += self._rot.nbytes(first, self._rot_end)
-        total += 8 * (self._end - self._start)
+        total += self._positions.element_size() * (self._end - self._start)
         return total if self._base is None else total + self._base.nbytes
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -452,8 +466,8 @@ class QuantizedSegment:
         dim = state["tail_keys"].shape[3]
         self._k = _Codes.adopt(state, "key", self.spec, True, dim)
         self._v = _Codes.adopt(state, "value", self.spec, False, dim)
-        self._positions = state["positions"]
-        self._tail_k = state["tail_keys"].to(self.dtype)
+        self._positions = state["positions"].to(dtype=POSITION_DTYPE)  # older files hold int64
+        self._tail_k = state["tail_keys"].to(tail_dtype(self.dtype))
         self._qend = self._k.codes.shape[2]
         self._start = int(state["offset"][0])
         self._reset_rotated()

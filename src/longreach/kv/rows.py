@@ -6,6 +6,9 @@ from collections.abc import Iterator
 
 import torch
 
+# Stored true positions: 4 bytes per token per layer (positions stay far below 2**31); readers get int64.
+POSITION_DTYPE = torch.int32
+
 
 def split_runs(x: torch.Tensor, step: int) -> Iterator[torch.Tensor]:
     """Views of x [B, H, n, d] along dim 2, `step` rows at a time."""

@@ -15,7 +15,7 @@ import torch
 
 from .quant import QuantizedSegment, QuantSpec
 from .readahead import will_need_rows
-from .rows import interleave, split_runs
+from .rows import POSITION_DTYPE, interleave, split_runs
 
 
 class KVSegment:
@@ -26,7 +26,7 @@ class KVSegment:
         self.device = torch.device(device)
         self._keys = torch.empty(batch, n_kv_heads, capacity, head_dim, dtype=dtype, device=self.device)
         self._values = torch.empty_like(self._keys)
-        self._positions = torch.empty(capacity, dtype=torch.long, device=self.device)
+        self._positions = torch.empty(capacity, dtype=POSITION_DTYPE, device=self.device)
         self._start = 0
         self._end = 0
         # Derived cache: keys rotated at their true positions, valid for [_start, _rot_end).
@@ -56,9 +56,9 @@ class KVSegment:
         return self._values[:, :, self._start:self._end]
 
     @property
-    def positions(self) -> torch.Tensor:  # [n], true token positions
+    def positions(self) -> torch.Tensor:  # [n], true token positions (int64)
         live = self._positions[self._start:self._end]
-        return live if self._base is None else torch.cat((self._base[2], live))
+        return (live if self._base is None else torch.cat((self._base[2], live))).long()
 
     @property
     def n_kv_heads(self) -> int:
@@ -179,12 +179,12 @@ class KVSegment:
         n_base = self._base_len
         if n_base and end <= n_base:
             keys, values, positions = self._base
-            return keys[:, :, start:end], values[:, :, start:end], positions[start:end]
+            return keys[:, :, start:end], values[:, :, start:end], positions[start:end].long()
         if n_base and start < n_base:
             self._merge_base()
             n_base = 0
         a, b = self._start + start - n_base, self._start + end - n_base
-        return self._keys[:, :, a:b], self._values[:, :, a:b], self._positions[a:b]
+        return self._keys[:, :, a:b], self._values[:, :, a:b], self._positions[a:b].long()
 
     def gather(self, index: torch.Tensor, device: torch.device | None = None):
         """(keys, values, positions) of the tokens at `index` (a 1-D tensor), moved to `device`."""
@@ -200,6 +200,7 @@ class KVSegment:
                     self._positions[self._start:self._end])
             out = tuple(_pick(base, buf, index, in_base, self._base_len, dim)
                         for base, buf, dim in zip(self._base, live, (2, 2, 0), strict=True))
+        out = (*out[:2], out[2].long())
         if device is not None and torch.device(device) != self.device:
             out = tuple(t.to(device, non_blocking=True) for t in out)
         return out
@@ -238,21 +239,21 @@ class KVSegment:
         """Bytes of the live tokens (keys, values, positions, and the rotated-key cache if any)."""
         per_vector = self._keys[:, :, :1].numel() * self._keys.element_size()
         rotated = self._end - self._start if self._rotated is not None else 0
-        return len(self) * (per_vector * 2 + 8) + rotated * per_vector
+        return len(self) * (per_vector * 2 + self._positions.element_size()) + rotated * per_vector
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         live = (self._keys[:, :, self._start:self._end], self._values[:, :, self._start:self._end])
         if self._base is not None:
             live = tuple(torch.cat((base, part), 2) for base, part in zip(self._base[:2], live, strict=True))
         return {"keys": live[0].contiguous(), "values": live[1].contiguous(),
-                "positions": self.positions.contiguous()}
+                "positions": self.positions.to(POSITION_DTYPE)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Adopt saved tensors (no copy when they are already on this segment's device; appending
         later does not copy them either, see `_reserve`)."""
         self._keys = state["keys"].to(self.device)
         self._values = state["values"].to(self.device)
-        self._positions = state["positions"].to(self.device)
+        self._positions = state["positions"].to(self.device, POSITION_DTYPE)  # older files hold int64
         self._start, self._end = 0, self._keys.shape[2]
         self._rotated, self._rot_end, self._rot_rope = None, 0, None
         self._adopted, self._base = True, None
@@ -339,6 +340,11 @@ class LayerKV:
         self.segments: dict[str, KVSegment] = {}
         self.buffers: dict[str, GrowingBuffer] = {}
         self.offloaded: set[str] = set()
+
+    @property
+    def quantized(self) -> bool:
+        """Whether this store keeps keys and values as int8/int4 codes."""
+        return self._layout.quant is not None
 
     def segment(self, name: str, offload: bool = False, n_kv_heads: int | None = None) -> KVSegment:
         """The segment `name`, created on first use; `offload` puts it on the store's cold tier.
