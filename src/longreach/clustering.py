@@ -128,11 +128,14 @@ class ClusterIndex:
         k = centroids.shape[1]
         self.counts = cluster_counts(labels, k) if k else labels.new_zeros(labels.shape[0], 0)
         # Rank of each key inside its cluster (in memory order): a budget may take part of a cluster.
+        # `members` lists each cluster's keys together (cluster by cluster, memory order inside),
+        # cluster c's from `starts[c]`.
         order = labels.argsort(dim=1, stable=True)
         starts = self.counts.cumsum(1) - self.counts
         first_of_cluster = starts.gather(1, labels.gather(1, order))
         ranks = torch.arange(labels.shape[1], device=labels.device) - first_of_cluster
         self.rank = torch.empty_like(labels).scatter_(1, order, ranks)
+        self.members, self.starts = order, starts
         if parent is not None:
             self.coarse_counts = torch.zeros(parent.shape[0], coarse.shape[1], dtype=torch.long,
                                              device=parent.device).scatter_add_(1, parent, self.counts)
@@ -195,6 +198,27 @@ class ClusterIndex:
             keys = (before[:, labels] + rank[None]) < budget  # [n, m]
         rows = keys.any(0).nonzero().squeeze(1)
         return rows, keys[:, rows], scored
+
+    def select_one(self, q: torch.Tensor, scale: float, budget: int) -> torch.Tensor:
+        """Decoding's lookup for every KV head at once: one query position, q [Hkv, g, 1, d], a
+        one-level index and a key budget. The keys `select` chooses for each head, as rows
+        [Hkv, min(budget, m)] cluster by cluster (best first; not sorted: attention does not care),
+        found from the ranked clusters' members in O(k + budget) per head instead of a pass over
+        all m keys."""
+        heads, m = self.labels.shape
+        if budget >= m:
+            return torch.arange(m, device=self.labels.device).expand(heads, m)
+        # `estimate` for every head in one batched product: [Hkv, g, k] -> [Hkv, k]
+        logits = torch.bmm(q[:, :, 0].float(), self.centroids.float().transpose(1, 2)) * scale
+        log_norm = torch.logsumexp(logits + self.counts.float().log()[:, None], dim=-1, keepdim=True)
+        probability = (logits - log_norm).exp().amax(1)
+        order = probability.argsort(dim=-1, descending=True, stable=True)
+        ranked = self.counts.gather(1, order)
+        take = (budget - (ranked.cumsum(1) - ranked)).clamp(min=0).minimum(ranked).flatten()
+        first = (self.starts.gather(1, order) + torch.arange(heads, device=order.device)[:, None] * m).flatten()
+        within = torch.arange(heads * budget, device=order.device) - (take.cumsum(0) - take).repeat_interleave(take)
+        rows = self.members.flatten()[first.repeat_interleave(take) + within]
+        return rows.view(heads, budget)
 
     def calibrate(self, queries: list[torch.Tensor], scale: float, budget: int) -> None:
         """Per head, the threshold that keeps `budget` keys per query on average over `queries`."""

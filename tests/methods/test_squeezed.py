@@ -89,6 +89,21 @@ def test_budget_lookup_matches_brute_force_and_is_exact(method):
         assert all(len(r) == 37 for r in got)
 
 
+@pytest.mark.parametrize("budget", [1, 37, 299, 300, 1000])
+def test_decode_lookup_of_every_head_at_once_selects_what_the_per_head_lookup_does(budget):
+    """`select_one` (decode: one query, members grouped by cluster) against `select` and by hand,
+    budgets from one key to more than the context, the last cluster taken in part."""
+    torch.manual_seed(2)
+    index = ClusterIndex.build(torch.randn(3, 300, 16), cluster_size=8, levels=1, iterations=5)
+    q = torch.randn(3, 2, 1, 16)  # 3 KV heads, 2 query heads each
+    rows = index.select_one(q, 0.25, budget)
+    assert rows.shape == (3, min(budget, 300))
+    for head in range(3):
+        expected, mask, _ = index.select(q[head], 0.25, head, budget)
+        assert sorted(rows[head].tolist()) == expected[mask[0]].tolist() == _selected_by_hand(
+            index, q[head], 0.25, head, budget)[0]
+
+
 def test_hierarchical_lookup_scores_fewer_centroids_and_keeps_the_budget():
     torch.manual_seed(1)
     keys = torch.randn(1, 4096, 16) + 3 * torch.randn(1, 4096, 1).sign() * torch.randn(1, 1, 16)
@@ -124,7 +139,7 @@ def test_full_budget_equals_the_exact_attention_of_each_position_scheme():
     torch.testing.assert_close(got, far, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [dict(levels=2), dict(selection="threshold"),
+@pytest.mark.parametrize("options", [dict(), dict(levels=2), dict(selection="threshold"),
                                      dict(selection="threshold", threshold_scope="head"), dict(kv_quant="int8")])
 def test_decode_reads_a_budget_of_the_context_and_the_index_lives_in_the_store(options):
     lm = tiny_lm(method="squeezed", budget=0.25, cluster_size=4, **SMALL_INFLLM, **options)

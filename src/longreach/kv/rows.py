@@ -25,8 +25,12 @@ def interleave(first: torch.Tensor, rest: torch.Tensor, in_first: torch.Tensor, 
 
 
 def rows_of(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """x [B, H, t, d] at rows [m] (every head) or [H, m] (one set of rows per head)."""
+    """x [B, H, t, d] at rows [m] (every head) or [H, m] (one set of rows per head).
+
+    Per head, one `index_select` of whole rows: a `gather` with an index expanded over d reads
+    the index as much as the data (5x slower for 3 heads x 3.75K rows of 64 channels)."""
     if rows.dim() == 1:
         return x.index_select(2, rows)
-    b, h, _, d = x.shape
-    return x.gather(2, rows[None, :, :, None].expand(b, h, rows.shape[1], d))
+    if x.shape[0] == 1:  # a 2-D select per head is faster still
+        return torch.stack([x[0, h].index_select(0, rows[h]) for h in range(x.shape[1])])[None]
+    return torch.stack([x[:, h].index_select(1, rows[h]) for h in range(x.shape[1])], dim=1)

@@ -15,7 +15,7 @@ import torch
 
 from .quant import QuantizedSegment, QuantSpec
 from .readahead import will_need_rows
-from .rows import POSITION_DTYPE, interleave, split_runs
+from .rows import POSITION_DTYPE, interleave, rows_of, split_runs
 
 
 class KVSegment:
@@ -224,9 +224,8 @@ class KVSegment:
         out = None
         for keys, values, rows in parts:
             valid = (rows >= 0) & (rows < keys.shape[2])
-            at = rows.clamp(0, max(keys.shape[2] - 1, 0))[None, :, :, None]
-            at = at.expand(keys.shape[0], -1, -1, keys.shape[3])
-            got = keys.gather(2, at), values.gather(2, at)
+            at = rows.clamp(0, max(keys.shape[2] - 1, 0))
+            got = rows_of(keys, at), rows_of(values, at)
             out = got if out is None else tuple(torch.where(valid[None, :, :, None], new, old)
                                                  for new, old in zip(got, out, strict=True))
         keys, values = out

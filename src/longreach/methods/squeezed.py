@@ -201,6 +201,8 @@ class SqueezedPolicy(Policy):
         """Exact attention over the context keys each KV head's lookup selects."""
         cfg, g, index = self.config, self.groups, self._index(layer)
         budget = round(cfg.budget * len(memory)) if cfg.budget <= 1 else int(cfg.budget)
+        if q.shape[2] == 1 and index.parent is None and index.threshold is None:
+            return self._selected_one(memory, q, index, max(budget, 1))
         picks = [index.select(q[0, h * g:(h + 1) * g], self.ctx.scale, h, max(budget, 1), cfg.coarse_slack)
                  for h in range(self.ctx.n_kv_heads)]
         union = torch.unique(torch.cat([rows for rows, _, _ in picks]))
@@ -219,6 +221,20 @@ class SqueezedPolicy(Policy):
             self.touched["context"] += len(memory) * len(picks)
             self.touched["centroids"] += sum(scored for _, _, scored in picks)
         return Partial(torch.cat([p.out for p in outs], 1), torch.cat([p.lse for p in outs], 1))
+
+    def _selected_one(self, memory, q, index: ClusterIndex, budget: int) -> Partial:
+        """A decode step's lookup (one query, one-level index, key budget): every KV head's rows at
+        once, each head reading only its own keys, in one attention call."""
+        rows = index.select_one(q[0].view(self.ctx.n_kv_heads, self.groups, 1, -1), self.ctx.scale, budget)
+        keys, values = memory.gather_per_head(rows, device=self.ctx.device)
+        if self.n_local is None:  # true positions: rotate the selected keys where they are
+            positions = memory.positions.to(rows.device)[rows]
+            keys = torch.cat([self.rope.rotate(keys[:, h:h + 1], positions[h]) for h in range(rows.shape[0])], 1)
+        self.touched["steps"] += 1
+        self.touched["selected"] += rows.numel()
+        self.touched["context"] += len(memory) * rows.shape[0]
+        self.touched["centroids"] += index.centroids.shape[1] * rows.shape[0]
+        return attend(q, keys, values, self.ctx.scale)
 
     def _index(self, layer) -> ClusterIndex:
         if layer not in self._indexes:
