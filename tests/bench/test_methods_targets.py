@@ -32,6 +32,10 @@ def test_passkey_floor_decode_cost_and_missing_cells():
     assert rows["squeezed: passkey >= 95% at 32K"] == ["100% (3 cells)", "met"]
     assert rows["squeezed: decode attention >= 4x cheaper than the whole context at 32K"] == [
         "keys 6.0x, time 4.5x", "met"]
+    short = [cell("squeezed", 8192, "passkey|0.5|0", 1.0, decode_cost_ratio=2.0, decode_attention_us=10.0,
+                  decode_attention_whole_us=15.0)]
+    assert rows_by_target(short)["squeezed: decode attention >= 4x cheaper than the whole context at 8K"] == [
+        "keys 2.0x, time 1.5x", "reported"]  # judged at 32K only
     assert rows["self_extend: passkey >= 90% at 32K"] == ["", "not measured"]
     assert rows["dense+int8: KV bytes <= 0.27x of dense"] == ["", "not measured"]
 
