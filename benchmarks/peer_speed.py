@@ -1,12 +1,14 @@
 """Prefill and decode speed of longreach against transformers and llama.cpp, same prompt, same run.
 
-The embedded SmolLM2-135M-Instruct on the classic passkey prompt at each length: transformers'
-own `generate` (float32, the weights longreach runs), longreach `dense` and `infllm` (float32),
-and llama.cpp on the very GGUF file the weights come from (4-bit Q4_1 weights, through
-llama-cpp-python; skipped with a note when it is not installed). Every engine gets the same
-token ids and decodes exactly `--new-tokens` greedy tokens; each figure is the best of `--repeats`
-runs, and the ratios compare figures from this one run. The table also gives the weight bytes
-each engine streams per decoded token, which bounds decode speed on a CPU.
+The embedded SmolLM2-135M-Instruct on the classic passkey prompt at each length:
+- transformers' own `generate` (float32, the weights longreach runs);
+- longreach `dense` and `infllm` (float32), and both with `decode_weights=float16` (decode steps
+  read float16 copies of the weights);
+- llama.cpp on the very GGUF file the weights come from (4-bit Q4_1 weights, through
+  llama-cpp-python; skipped with a note when it is not installed).
+Every engine gets the same token ids and decodes exactly `--new-tokens` greedy tokens; each figure
+is the best of `--repeats` runs, and the ratios compare figures from this one run. The table also
+gives the weight bytes each engine streams per decoded token, which bounds decode speed on a CPU.
 
     python benchmarks/peer_speed.py                       # 1K, 4K, 8K
     python benchmarks/peer_speed.py --lengths 4k --repeats 3
@@ -31,7 +33,7 @@ from longreach.models.loading import default_model_path
 from longreach.tasks import passkey_sample
 from longreach.units import parse_count
 
-ENGINES = ("transformers", "dense", "infllm", "llama.cpp")
+ENGINES = ("transformers", "dense", "infllm", "dense f16-decode", "infllm f16-decode", "llama.cpp")
 
 
 def longreach_run(lm, ids: list[int], new_tokens: int, chunk: int) -> dict:
@@ -112,10 +114,12 @@ def main() -> int:
     threads = torch.get_num_threads()
     results = ResultFile(args.out, {"new_tokens": args.new_tokens, "chunk": args.chunk, "threads": threads})
     dense = longreach.load(method="dense", prefill_chunk=args.chunk)
-    lms = {"dense": dense, "infllm": dense.with_method("infllm")}
+    half = longreach.load(method="dense", prefill_chunk=args.chunk, decode_weights="float16")
+    lms = {"dense": dense, "infllm": dense.with_method("infllm"),
+           "dense f16-decode": half, "infllm f16-decode": half.with_method("infllm")}
     gguf = default_model_path()
-    weights = {"transformers": weight_bytes(dense), "dense": weight_bytes(dense), "infllm": weight_bytes(dense),
-               "llama.cpp": gguf.stat().st_size}
+    weights = {engine: weight_bytes(dense) // (2 if "f16" in engine else 1) for engine in lms}
+    weights |= {"transformers": weight_bytes(dense), "llama.cpp": gguf.stat().st_size}
     cpp = None
     if llama_cpp_available():
         cpp = LlamaCpp(gguf, n_ctx=max(lengths) + args.new_tokens + 16, threads=threads, batch=args.chunk)

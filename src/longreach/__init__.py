@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 def load(model: str | None = None, method: str = "infllm", *, device: str | None = None,
          dtype: str | None = None, prefill_chunk: int = 512, offload_device: str | None = None,
-         **method_options) -> LongLM:
+         decode_weights: str | None = None, **method_options) -> LongLM:
     """Load a model and attach a long-context method.
 
     Args:
@@ -22,6 +22,8 @@ def load(model: str | None = None, method: str = "infllm", *, device: str | None
         dtype: "float32", "bfloat16", "float16" or None (float32 on CPU, half on CUDA).
         prefill_chunk: prompt tokens per forward pass.
         offload_device: where cold memory blocks live (default: CPU memory).
+        decode_weights: "float16" decodes with float16 copies of a float32 model's weights (about
+            twice as fast on a CPU, logits within ~0.05; prompts still run in float32).
         **method_options: the method's options, e.g. n_local=2048.
     Returns:
         A LongLM ready to generate.
@@ -30,7 +32,8 @@ def load(model: str | None = None, method: str = "infllm", *, device: str | None
 
     config = method_config(method, method_options)
     hf_model, tokenizer = load_hf_model(model, device=device, dtype=dtype)
-    return LongLM(DecoderAdapter(hf_model), tokenizer, config, prefill_chunk, offload_device)
+    return LongLM(DecoderAdapter(hf_model, decode_weights=decode_weights), tokenizer, config, prefill_chunk,
+                  offload_device)
 
 
 __all__ = ["GenerationResult", "GenerationStats", "LongLM", "LongreachError", "METHODS",

@@ -128,7 +128,7 @@ def test_directory_of_another_configuration_is_refused(tmp_path, lm):
     assert (out / "results.jsonl").read_bytes() == before
 
 
-def test_prefill_chunk_and_dtype_bind_the_directory_and_older_directories_still_resume(tmp_path, lm):
+def test_prefill_chunk_dtype_and_decode_weights_bind_the_directory_and_older_directories_still_resume(tmp_path, lm):
     out = tmp_path / "run"
     run_bench(config(out, samples=1), lm=lm)
     before = (out / "results.jsonl").read_bytes()
@@ -137,8 +137,12 @@ def test_prefill_chunk_and_dtype_bind_the_directory_and_older_directories_still_
     with pytest.raises(LongreachError, match="another configuration.*prefill_chunk: 512 there, 64 asked"):
         run_bench(other, lm=lm)
     stored = json.loads((out / "config.json").read_text())
-    assert stored["prefill_chunk"] == 512 and stored["dtype"] is None
-    for key in ("prefill_chunk", "dtype"):  # a directory made before these keys were recorded
+    assert stored["prefill_chunk"] == 512 and stored["dtype"] is None and stored["decode_weights"] is None
+    half = config(out, samples=1)
+    half.decode_weights = "float16"
+    with pytest.raises(LongreachError, match="decode_weights: None there, 'float16' asked"):
+        run_bench(half, lm=lm)
+    for key in ("prefill_chunk", "dtype", "decode_weights"):  # a directory made before these keys were recorded
         del stored[key]
     (out / "config.json").write_text(json.dumps(stored))
     assert run_bench(config(out, samples=1), lm=lm).already_done == 2

@@ -62,6 +62,8 @@ def test_unknown_method_and_option(capsys):
     (["passkey", "--prefill-chunk", "0"], "prefill-chunk"),
     (["generate", "--prompt", "hi", "--max-new-tokens", "-3"], "max-new-tokens"),
     (["generate", "--prompt", "hi", "--dtype", "int3"], "unknown dtype"),
+    (["generate", "--prompt", "hi", "--decode-weights", "int4"], "--decode-weights must be float16"),
+    (["bench", "--task", "passkey", "--out", "x", "--decode-weights", "half"], "--decode-weights must be float16"),
 ])
 def test_out_of_range_values(capsys, isolated_cache, argv, fragment):
     _expect_error(capsys, argv, fragment)

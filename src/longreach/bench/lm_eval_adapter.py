@@ -4,7 +4,7 @@
     longreach lm-eval run --model longreach --model_args model=HUB_ID,method=dense --tasks ...
 
 model_args: model (hub id, directory or .gguf; default the embedded model), method (default infllm),
-device, dtype, prefill_chunk, max_length (left-truncate longer contexts; default none: the method
+device, dtype, decode_weights, prefill_chunk, max_length (left-truncate longer contexts; default none: the method
 handles any length), logit_rows (rows of logits held at once when scoring); every other key is an
 option of the method (validated like `-o`).
 """
@@ -25,7 +25,7 @@ class LongreachLM(TemplateLM):
 
     def __init__(self, model: str | None = None, method: str = "infllm", device: str | None = None,
                  dtype: str | None = None, prefill_chunk: int = 512, max_length: int | None = None,
-                 logit_rows: int = 2048, lm=None, **options):
+                 logit_rows: int = 2048, lm=None, decode_weights: str | None = None, **options):
         """Load the model (or wrap `lm`, an already loaded LongLM) with `method` and its options."""
         super().__init__()
         import longreach
@@ -35,7 +35,7 @@ class LongreachLM(TemplateLM):
             device = None  # lm-eval passes cuda by default; run where the machine can
         if lm is None:
             lm = longreach.load(model, method, device=device, dtype=dtype, prefill_chunk=int(prefill_chunk),
-                                **options)
+                                decode_weights=decode_weights or None, **options)
         elif options or method != lm.method.name:
             lm = lm.with_method(method, **options)
         self.lm = lm

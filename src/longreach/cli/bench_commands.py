@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import LongreachError
-from .common import parse_options
+from .common import DECODE_WEIGHTS_HELP, check_decode_weights, parse_options
 
 
 class _FMT(argparse.ArgumentDefaultsHelpFormatter):
@@ -77,6 +77,7 @@ def _bench(sub):
     model.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens per forward pass")
     model.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     model.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: fp32 on CPU)")
+    model.add_argument("--decode-weights", default=None, metavar="float16", help=DECODE_WEIGHTS_HELP)
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, help="results directory (created; reused to resume)")
     run.add_argument("--ray", action="store_true", help="run the cells on Ray workers (one model each)")
@@ -114,9 +115,10 @@ def bench_config(args):
     sweep = SweepSpec(args.task, _split(args.subtasks), lengths, depths, args.samples, args.seed, args.chat,
                       options)
     methods = parse_methods(args.methods or ["infllm"], parse_options(args.option))
+    check_decode_weights(args.decode_weights)
     return BenchConfig(sweep, args.out, methods, args.model, args.max_new_tokens, args.device, args.dtype,
                        args.prefill_chunk, bool(args.ray or args.ray_address), args.ray_address, args.workers,
-                       args.progress)
+                       args.progress, decode_weights=args.decode_weights)
 
 
 def run_bench_command(args):
