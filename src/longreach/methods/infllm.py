@@ -148,12 +148,10 @@ class InfLLMPolicy(Policy):
         far_keys, far_values = self._retrieve(layer, kv, q_global, positions, last)
         if len(init):
             far_keys, far_values = [init.keys, *far_keys], [init.values, *far_values]
-        if plan.remainder_end:
-            rk, rv, _ = recent.slice(0, plan.remainder_end)
-            far_keys, far_values = [*far_keys, rk], [*far_values, rv]
-        if far_keys:
-            parts.extend(self._attend_far(q, q_global, torch.cat(far_keys, 2), torch.cat(far_values, 2),
-                                          positions, plan))
+        remainder = recent.slice(0, plan.remainder_end)[:2] if plan.remainder_end else None
+        if far_keys or remainder:
+            far = list(zip(far_keys, far_values, strict=True))
+            parts.extend(self._attend_far(q, q_global, far, remainder, positions, plan))
         out, lse = merge(parts)
 
         if self.config.repr_score == "attention":
@@ -164,27 +162,32 @@ class InfLLMPolicy(Policy):
         self._evict(kv, recent, init, memory, scores)
         return out
 
-    def _attend_far(self, q, q_global, keys, values, positions, plan):
-        """Attention to init + retrieved blocks + remainder (last `remainder_end` keys, masked).
+    def _attend_far(self, q, q_global, far: list, remainder, positions, plan):
+        """Attention to the far parts, (keys, values) of init and the retrieved blocks, and the
+        remainder (the oldest recent keys, which some queries see beyond n_local: masked).
 
-        fixed: every key at distance n_local (the query rotated once, keys unrotated).
+        fixed: every key at distance n_local (the query rotated once, keys unrotated); each part is
+        attended where it lies and the parts merge through their log-sum-exp (no copy of the
+        memory into one tensor at every decode step).
         packed: keys keep their order, laid out just before the local window: key j at j and the
         block's last query at n_local + len(keys) - 1 (the remainder's last key, the newest far
         token, sits at distance n_local from it). Reading every block, every token keeps its true
         distance: packed memory is dense attention with the unread gaps closed.
         """
-        scale, split = self.ctx.scale, keys.shape[2] - plan.remainder_end
+        scale = self.ctx.scale
         if self.config.memory_positions == "packed":
+            parts = far + ([remainder] if remainder else [])
+            keys, values = torch.cat([k for k, _ in parts], 2), torch.cat([v for _, v in parts], 2)
             n = keys.shape[2]
             keys = self.rope.rotate(keys, torch.arange(n))
             q_global = self.rope.rotate(q, positions - positions[-1] + self.n_local + n - 1)
-        parts = []
-        if split:
-            parts.append(attend(q_global, keys[:, :, :split], values[:, :, :split], scale))
-        if plan.remainder_end:
-            parts.append(attend(q_global, keys[:, :, split:], values[:, :, split:], scale,
-                                mask=plan.remainder_mask))
-        return parts
+            split = n - plan.remainder_end
+            far = [(keys[:, :, :split], values[:, :, :split])] if split else []
+            remainder = (keys[:, :, split:], values[:, :, split:]) if plan.remainder_end else None
+        out = [attend(q_global, keys, values, scale) for keys, values in far if keys.shape[2]]
+        if remainder:
+            out.append(attend(q_global, *remainder, scale, mask=plan.remainder_mask))
+        return out
 
     def _plan(self, positions, recent_positions) -> _Plan:
         """Split the recent tokens by what the block's queries see of them (indices into `recent`).
