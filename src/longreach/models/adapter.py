@@ -7,7 +7,8 @@ The adapter projects q/k/v, runs norms and the MLP; attention is handed to a pol
 lm-head matrix for passes over a single token (decode steps, and the logits of one position):
 decoding reads the weights from memory at every step, and on a CPU that read is most of its time,
 so half the bytes decode up to twice as fast. Prompts of several tokens still run in float32, so
-the stored KV of a prefilled prompt is unchanged.
+the stored KV of a prefilled prompt is unchanged. The inputs of those matrices are rounded to
+float16 too: a model whose activations exceed float16's range (65504) must not use it.
 """
 
 from __future__ import annotations
