@@ -161,9 +161,7 @@ class ClusterIndex:
         centroids = self.centroids[head] if clusters is None else self.centroids[head, clusters]
         counts = self.counts[head] if clusters is None else self.counts[head, clusters]
         logits = (q.float() @ centroids.float().T) * scale  # [g, n, k]
-        if log_norm is None:
-            log_norm = torch.logsumexp(logits + counts.float().log(), dim=-1, keepdim=True)
-        return (logits - log_norm).exp().amax(0), log_norm
+        return _estimated(logits, counts, 0, log_norm)
 
     def select(self, q: torch.Tensor, scale: float, head: int, budget: int, slack: float = 4.0):
         """Keys of the stored segment that queries q [g, n, d] (head `head`'s group) attend.
@@ -210,8 +208,7 @@ class ClusterIndex:
             return torch.arange(m, device=self.labels.device).expand(heads, m)
         # `estimate` for every head in one batched product: [Hkv, g, k] -> [Hkv, k]
         logits = torch.bmm(q[:, :, 0].float(), self.centroids.float().transpose(1, 2)) * scale
-        log_norm = torch.logsumexp(logits + self.counts.float().log()[:, None], dim=-1, keepdim=True)
-        probability = (logits - log_norm).exp().amax(1)
+        probability, _ = _estimated(logits, self.counts[:, None], 1)
         order = probability.argsort(dim=-1, descending=True, stable=True)
         ranked = self.counts.gather(1, order)
         take = (budget - (ranked.cumsum(1) - ranked)).clamp(min=0).minimum(ranked).flatten()
@@ -243,6 +240,15 @@ class ClusterIndex:
         if self.threshold is not None:
             state["threshold"] = self.threshold
         return state
+
+
+def _estimated(logits: torch.Tensor, counts: torch.Tensor, heads_dim: int, log_norm=None):
+    """Estimated attention probability of one key of each cluster from the centroid logits
+    [..., k]: exp(logit_c) / sum_c' N_c' exp(logit_c'), max over the query heads (`heads_dim`),
+    and the log normaliser used (computed unless given)."""
+    if log_norm is None:
+        log_norm = torch.logsumexp(logits + counts.float().log(), dim=-1, keepdim=True)
+    return (logits - log_norm).exp().amax(heads_dim), log_norm
 
 
 def threshold_keeping(values: torch.Tensor, weights: torch.Tensor, keep: float) -> torch.Tensor:

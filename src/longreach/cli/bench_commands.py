@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import LongreachError
-from .common import DECODE_WEIGHTS_HELP, check_decode_weights, parse_options
+from .common import DECODE_WEIGHTS_HELP, parse_options
 
 
 class _FMT(argparse.ArgumentDefaultsHelpFormatter):
@@ -95,6 +95,7 @@ def bench_config(args):
     from ..bench.runner import BenchConfig
     from ..bench.sources import SweepSpec
     from ..bench.tasks import TaskOptions, get_task
+    from ..models.adapter import check_decode_weights
 
     spec = get_task(args.task)
     if args.lengths and args.max_length:
@@ -115,7 +116,7 @@ def bench_config(args):
     sweep = SweepSpec(args.task, _split(args.subtasks), lengths, depths, args.samples, args.seed, args.chat,
                       options)
     methods = parse_methods(args.methods or ["infllm"], parse_options(args.option))
-    check_decode_weights(args.decode_weights)
+    check_decode_weights(args.decode_weights, "--decode-weights")
     return BenchConfig(sweep, args.out, methods, args.model, args.max_new_tokens, args.device, args.dtype,
                        args.prefill_chunk, bool(args.ray or args.ray_address), args.ray_address, args.workers,
                        args.progress, decode_weights=args.decode_weights)

@@ -63,6 +63,7 @@ def load_lm(args):
     import longreach
 
     from ..methods import method_config
+    from ..models.adapter import check_decode_weights
     from ..models.loading import auto_device, parse_dtype
 
     options = parse_options(args.option)
@@ -70,18 +71,11 @@ def load_lm(args):
     if args.prefill_chunk < 1:
         raise LongreachError("--prefill-chunk must be >= 1")
     parse_dtype(args.dtype, auto_device())
-    check_decode_weights(args.decode_weights)
+    check_decode_weights(args.decode_weights, "--decode-weights")
     if sys.stderr.isatty():
         print("loading model ...", file=sys.stderr, flush=True)
     return longreach.load(args.model, args.method, device=args.device, dtype=args.dtype,
                           prefill_chunk=args.prefill_chunk, decode_weights=args.decode_weights, **options)
-
-
-def check_decode_weights(value) -> None:
-    from ..models.adapter import DECODE_WEIGHTS
-
-    if value not in DECODE_WEIGHTS:
-        raise LongreachError(f"--decode-weights must be float16 (or left out), not {value!r}")
 
 
 def read_text(path: str) -> str:

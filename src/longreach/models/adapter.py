@@ -24,6 +24,12 @@ SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 DECODE_WEIGHTS = (None, "float16")
 
 
+def check_decode_weights(value, name: str = "decode_weights") -> None:
+    """Refuse a `decode_weights` value other than float16 or None (`name`: how the caller spells it)."""
+    if value not in DECODE_WEIGHTS:
+        raise LongreachError(f"{name} must be float16 (or left out), not {value!r}")
+
+
 class AttentionPolicy(Protocol):
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor) -> torch.Tensor: ...
@@ -57,13 +63,12 @@ class DecoderAdapter:
         self.norm = body.norm
         self.lm_head = hf_model.lm_head
         self.rope = RotaryEmbedding(config, self.head_dim, self.device)
+        check_decode_weights(decode_weights)
         self.decode_weights = decode_weights
         self._half = self._half_weights() if decode_weights else {}
 
     def _half_weights(self) -> dict:
         """Float16 (weight, bias) of every linear layer a one-token pass uses, by module."""
-        if self.decode_weights not in DECODE_WEIGHTS:
-            raise LongreachError(f"decode_weights must be float16 or left unset, not {self.decode_weights!r}")
         if self.dtype != torch.float32:
             raise LongreachError(f"decode_weights=float16 needs a float32 model (this one is {self.dtype}); "
                                  "a half-precision model already decodes with half the bytes")
