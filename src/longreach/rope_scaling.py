@@ -33,8 +33,12 @@ def scaling_factor(factor: float | None, target_length: int | None, trained_wind
     return target_length / trained_window
 
 
-def scaled_rope(rope: RotaryEmbedding, kind: str, factor: float) -> RotaryEmbedding:
+def scaled_rope(rope: RotaryEmbedding, kind: str, factor: float,
+                attention_factor: float | None = None) -> RotaryEmbedding:
     """A rotary embedding like `rope` with scaling `kind` (see SCALINGS) by `factor`.
+
+    `attention_factor` (YaRN only) replaces the paper's temperature 0.1 ln(factor) + 1, the
+    scale of cos and sin (so attention logits scale by its square); 1 turns it off.
 
     Raises ValueError for an unknown kind, a factor below 1, or a model that already uses
     a scaled RoPE (scaling it again would silently replace the model's own scaling).
@@ -43,6 +47,8 @@ def scaled_rope(rope: RotaryEmbedding, kind: str, factor: float) -> RotaryEmbedd
         raise ValueError(f"rope_scaling must be one of {', '.join(SCALINGS)}, not {kind!r}")
     if factor < 1.0:
         raise ValueError(f"rope_factor must be >= 1, not {factor}")
+    if attention_factor is not None and (kind != "yarn" or attention_factor <= 0):
+        raise ValueError("rope_attention_factor must be > 0 and needs rope_scaling=yarn")
     if rope.rope_type != "default":
         raise ValueError(f"the model already uses {rope.rope_type!r} RoPE scaling; "
                          "rope_scaling would replace it")
@@ -61,4 +67,6 @@ def scaled_rope(rope: RotaryEmbedding, kind: str, factor: float) -> RotaryEmbedd
         if not trained:
             raise ValueError("YaRN needs the model's trained window (max_position_embeddings)")
         overrides = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": trained}
+        if attention_factor is not None:
+            overrides["attention_factor"] = float(attention_factor)
     return RotaryEmbedding(rope.config, rope.head_dim, rope.device, overrides)

@@ -37,6 +37,7 @@ def test_passkey_floor_decode_cost_and_missing_cells():
     assert rows_by_target(short)["squeezed: decode attention >= 4x cheaper than the whole context at 8K"] == [
         "keys 2.0x, time 1.5x", "reported"]  # judged at 32K only
     assert rows["self_extend: passkey >= 90% at 32K"] == ["", "not measured"]
+    assert rows["yarn-t1: passkey >= 90% at 32K"] == ["", "not measured"]  # YaRN without its temperature
     assert rows["dense+int8: KV bytes <= 0.27x of dense"] == ["", "not measured"]
 
 

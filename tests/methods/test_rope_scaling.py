@@ -80,6 +80,9 @@ def test_scaling_composes_with_any_method_and_extends_its_window():
     ({"rope_scaling": "magic", "rope_factor": 2.0}, "rope_scaling must be one of"),
     ({"rope_scaling": "yarn", "rope_factor": 0.5}, "rope_factor must be >= 1"),
     ({"kv_quant": "int3"}, "kv_quant must be one of"),
+    ({"rope_scaling": "linear", "rope_factor": 2.0, "rope_attention_factor": 1.0},
+     "rope_attention_factor needs rope_scaling=yarn"),
+    ({"rope_scaling": "yarn", "rope_factor": 2.0, "rope_attention_factor": 0}, "rope_attention_factor must be > 0"),
 ])
 def test_bad_shared_options_are_refused(options, message):
     with pytest.raises(LongreachError, match=message):
@@ -169,6 +172,9 @@ def _hf_logits(ids, **rope):
 @pytest.mark.parametrize("kind,options,hf_rope,chunks", [
     ("linear", {"rope_factor": 2.0}, {"rope_type": "linear", "factor": 2.0}, [400, 64]),
     ("yarn", {"rope_factor": 2.0}, {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 256},
+     [400, 64]),
+    ("yarn", {"rope_factor": 2.0, "rope_attention_factor": 1.0},  # YaRN without its temperature
+     {"rope_type": "yarn", "factor": 2.0, "attention_factor": 1.0, "original_max_position_embeddings": 256},
      [400, 64]),
     ("ntk", {"rope_factor": 2.0}, {"rope_theta": RAISED_THETA}, [400, 64]),  # transformers has no static NTK
     # HF's dynamic NTK recomputes the frequencies from the current length: the whole prompt in one

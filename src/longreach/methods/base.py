@@ -66,8 +66,8 @@ class MethodConfig:
 
     name: typing.ClassVar[str] = ""
     summary: typing.ClassVar[str] = ""
-    SHARED: typing.ClassVar[tuple[str, ...]] = ("rope_scaling", "rope_factor", "target_length", "kv_quant",
-                                                "kv_group")
+    SHARED: typing.ClassVar[tuple[str, ...]] = ("rope_scaling", "rope_factor", "target_length",
+                                                "rope_attention_factor", "kv_quant", "kv_group")
     # Why the method cannot follow dynamic NTK (frequencies that change as positions grow), or ""
     # when it can; `prepare` refuses the combination with this reason.
     no_dynamic_ntk: typing.ClassVar[str] = ""
@@ -80,6 +80,8 @@ class MethodConfig:
     rope_scaling: str | None = option(None, f"RoPE scaling: {', '.join(SCALINGS)} (none by default)")
     rope_factor: float | None = option(None, "RoPE scaling factor; default: target_length / trained window")
     target_length: int | None = option(None, "input length the RoPE scaling must reach (sets the factor)")
+    rope_attention_factor: float | None = option(
+        None, "YaRN's attention temperature (cos/sin scale); default 0.1 ln(factor) + 1, 1 turns it off")
     kv_quant: str | None = option(None, "store keys and values as int8 or int4, dequantized on the fly")
     kv_group: int = option(64, "KV quantization group: tokens per key scale, channels per value scale")
 
@@ -92,6 +94,10 @@ class MethodConfig:
         check(self.rope_scaling is None or self.rope_factor is not None or self.target_length is not None,
               "rope_scaling needs rope_factor or target_length")
         check(self.rope_factor is None or self.rope_factor >= 1.0, "rope_factor must be >= 1")
+        check(self.rope_attention_factor is None or self.rope_scaling == "yarn",
+              "rope_attention_factor needs rope_scaling=yarn")
+        check(self.rope_attention_factor is None or self.rope_attention_factor > 0,
+              "rope_attention_factor must be > 0")
         check(not (self.no_rope_scaling and self.rope_scaling), f"{self.name} {self.no_rope_scaling}")
         check(not (self.no_dynamic_ntk and self.rope_scaling == "dynamic"),
               f"{self.name} {self.no_dynamic_ntk}; {DYNAMIC_REASON}")
@@ -110,7 +116,7 @@ class MethodConfig:
             # Dynamic NTK reaches any length by itself: at the target length, factor 1 is exactly NTK
             # by target / window, so a factor derived from target_length is not applied on top.
             applied = (self.rope_factor or 1.0) if self.rope_scaling == "dynamic" else factor
-            rope = scaled_rope(ctx.rope, self.rope_scaling, applied)
+            rope = scaled_rope(ctx.rope, self.rope_scaling, applied, self.rope_attention_factor)
             ctx = dataclasses.replace(ctx, rope=rope, trained_window=int(ctx.trained_window * factor))
         check(not (self.no_dynamic_ntk and ctx.rope.rope_type == "dynamic"),  # also a model's own scaling
               f"{self.name} {self.no_dynamic_ntk}; {DYNAMIC_REASON}")
