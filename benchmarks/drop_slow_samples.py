@@ -10,10 +10,13 @@ same command then re-measures exactly those samples (same prompts, same greedy a
 is lost: dropped samples are appended to `dropped.jsonl` in the directory (`<name>.dropped.jsonl`
 beside a JSON file).
 
+`--only NAMES` limits it to some configurations (JSON) or method labels (directory); with `--all`
+every selected sample is dropped whatever its speed, e.g. after a change to code that they time.
 Run it only while no sweep writes the file (a running sweep would keep writing to the old copy).
 
     python benchmarks/drop_slow_samples.py docs/results/ruler_smollm2 --dry-run
     python benchmarks/drop_slow_samples.py docs/results/methods_compare.json
+    python benchmarks/drop_slow_samples.py docs/results/methods_compare.json --only dense+int8 --all
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from pathlib import Path
 
 
 def slow(samples: list[dict], group_of, speed_of, below: float) -> list[int]:
-    """Indices of the samples slower than `below` x the median speed of their group."""
+    """Indices of the samples slower than `below` x the median speed of their group
+    (every sample when `below` is infinite)."""
+    if below == float("inf"):
+        return list(range(len(samples)))
     groups = defaultdict(list)
     for sample in samples:
         groups[group_of(sample)].append(speed_of(sample))
@@ -36,7 +42,11 @@ def slow(samples: list[dict], group_of, speed_of, below: float) -> list[int]:
     return [i for i, s in enumerate(samples) if speed_of(s) < below * median[group_of(s)]]
 
 
-def _results_dir(path: Path, below: float, dry_run: bool) -> list[dict]:
+def _chosen(samples: list[dict], indices: list[int], name_of, only: set[str] | None) -> list[int]:
+    return [i for i in indices if only is None or name_of(samples[i]) in only]
+
+
+def _results_dir(path: Path, below: float, dry_run: bool, only: set[str] | None = None) -> list[dict]:
     results = path / "results.jsonl"
     lines = [line for line in results.read_text().splitlines() if line.strip()]
     samples = [json.loads(line) for line in lines]
@@ -45,17 +55,19 @@ def _results_dir(path: Path, below: float, dry_run: bool) -> list[dict]:
         return (s["task"], s["length"], s["method"], json.dumps(s.get("method_options", {}), sort_keys=True),
                 s.get("machine", ""))
 
-    dropped = set(slow(samples, group, lambda s: s["prefill_tps"], below))
+    dropped = set(_chosen(samples, slow(samples, group, lambda s: s["prefill_tps"], below),
+                          lambda s: s["method"], only))
     if not dry_run and dropped:
         _replace(results, "".join(line + "\n" for i, line in enumerate(lines) if i not in dropped))
     return [samples[i] for i in sorted(dropped)]
 
 
-def _result_file(path: Path, below: float, dry_run: bool) -> list[dict]:
+def _result_file(path: Path, below: float, dry_run: bool, only: set[str] | None = None) -> list[dict]:
     data = json.loads(path.read_text())
     keys = list(data["cells"])
     cells = [data["cells"][k] | {"key": k} for k in keys]
-    dropped = slow(cells, lambda c: (c["config"], c["length"], c.get("machine", "")), lambda c: c["prompt_tps"], below)
+    dropped = _chosen(cells, slow(cells, lambda c: (c["config"], c["length"], c.get("machine", "")),
+                                  lambda c: c["prompt_tps"], below), lambda c: c["config"], only)
     if not dry_run and dropped:
         for i in dropped:
             del data["cells"][keys[i]]
@@ -74,16 +86,23 @@ def main() -> int:
     parser.add_argument("path", help="a results directory (results.jsonl) or a benchmark JSON file")
     parser.add_argument("--below", type=float, default=0.8, help="fraction of the group median (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="list the slow samples, change nothing")
+    parser.add_argument("--only", help="comma-separated configurations (JSON) or method labels (directory)")
+    parser.add_argument("--all", action="store_true", help="drop every selected sample, slow or not (needs --only)")
     args = parser.parse_args()
     path = Path(args.path)
     if not 0 < args.below <= 1:
         print("--below must be in (0, 1]", file=sys.stderr)
         return 2
+    if args.all and not args.only:
+        print("--all needs --only (it would drop every sample)", file=sys.stderr)
+        return 2
+    only = set(args.only.split(",")) if args.only else None
+    below = float("inf") if args.all else args.below
     try:
         if (path / "results.jsonl").is_file():
-            dropped, log_path = _results_dir(path, args.below, args.dry_run), path / "dropped.jsonl"
+            dropped, log_path = _results_dir(path, below, args.dry_run, only), path / "dropped.jsonl"
         elif path.is_file() and path.suffix == ".json":
-            dropped, log_path = _result_file(path, args.below, args.dry_run), path.with_suffix(".dropped.jsonl")
+            dropped, log_path = _result_file(path, below, args.dry_run, only), path.with_suffix(".dropped.jsonl")
         else:
             print(f"{path}: neither a results directory (results.jsonl) nor a benchmark .json file",
                   file=sys.stderr)
@@ -98,7 +117,7 @@ def main() -> int:
         with open(log_path, "a") as log:
             for sample in dropped:
                 log.write(json.dumps(sample, default=str) + "\n")
-    print(f"{len(dropped)} slow sample(s){' (dry run)' if args.dry_run else ''}")
+    print(f"{len(dropped)} {'selected' if args.all else 'slow'} sample(s){' (dry run)' if args.dry_run else ''}")
     return 0
 
 

@@ -17,3 +17,16 @@ def test_cuda_label_only_when_cuda_runs():
         assert machine_label("cuda:0").endswith("(CUDA)")
     else:
         assert machine_label("cuda:0") == machine_label("cpu") == machine_label()
+
+
+def test_allocator_tuning_is_applied_once_on_glibc_and_can_be_declined(monkeypatch):
+    import platform
+
+    import longreach.machine as machine
+    expected = platform.libc_ver()[0] == "glibc"
+    monkeypatch.setattr(machine, "_tuned", None)
+    assert machine.keep_freed_memory() is expected
+    assert machine.keep_freed_memory() is expected  # once: the answer is kept
+    monkeypatch.setattr(machine, "_tuned", None)
+    monkeypatch.setenv("LONGREACH_MALLOC_TUNING", "0")
+    assert machine.keep_freed_memory() is False

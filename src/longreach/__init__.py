@@ -28,9 +28,11 @@ def load(model: str | None = None, method: str = "infllm", *, device: str | None
     Returns:
         A LongLM ready to generate.
     """
+    from .machine import keep_freed_memory
     from .models import DecoderAdapter, load_hf_model
 
     config = method_config(method, method_options)
+    keep_freed_memory()
     hf_model, tokenizer = load_hf_model(model, device=device, dtype=dtype)
     return LongLM(DecoderAdapter(hf_model, decode_weights=decode_weights), tokenizer, config, prefill_chunk,
                   offload_device)

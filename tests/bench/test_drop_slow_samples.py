@@ -50,6 +50,26 @@ def test_result_file_groups_by_config_and_length(tmp_path):
     assert json.loads((tmp_path / "compare.dropped.jsonl").read_text())["key"] == "x|4096|q"
 
 
+def test_only_some_configurations_slow_or_all_of_them(tmp_path):
+    cells = {"x|4096|p": {"config": "x", "length": 4096, "prompt_tps": 300},
+             "x|4096|q": {"config": "x", "length": 4096, "prompt_tps": 100},
+             "x|4096|r": {"config": "x", "length": 4096, "prompt_tps": 290},
+             "y|4096|p": {"config": "y", "length": 4096, "prompt_tps": 300},
+             "y|4096|q": {"config": "y", "length": 4096, "prompt_tps": 100},
+             "y|4096|r": {"config": "y", "length": 4096, "prompt_tps": 300},
+             "z|4096|p": {"config": "z", "length": 4096, "prompt_tps": 300}}
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps({"config": {}, "cells": cells}))
+    assert run(path, "--only", "y").returncode == 0  # x's slow cell stays
+    assert sorted(json.loads(path.read_text())["cells"]) == [
+        "x|4096|p", "x|4096|q", "x|4096|r", "y|4096|p", "y|4096|r", "z|4096|p"]
+    done = run(path, "--only", "x,z", "--all")
+    assert done.returncode == 0 and "4 selected sample(s)" in done.stdout
+    assert sorted(json.loads(path.read_text())["cells"]) == ["y|4096|p", "y|4096|r"]
+    dropped = [json.loads(line)["key"] for line in (tmp_path / "compare.dropped.jsonl").read_text().splitlines()]
+    assert sorted(dropped) == ["x|4096|p", "x|4096|q", "x|4096|r", "y|4096|q", "z|4096|p"]
+
+
 def test_bad_input_is_one_line_exit_2(tmp_path):
     missing = run(tmp_path / "nothing")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
@@ -58,3 +78,5 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     assert malformed.returncode == 2 and "not a longreach result file" in malformed.stderr
     assert (tmp_path / "results.jsonl").read_text() == '{"key": "a"}\n'
     assert run(tmp_path, "--below", "0").returncode == 2
+    refused = run(tmp_path, "--all")  # without --only it would empty the results
+    assert refused.returncode == 2 and "--all needs --only" in refused.stderr

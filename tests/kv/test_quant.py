@@ -209,3 +209,22 @@ def test_key_runs_are_dequantized_one_by_one_and_join_to_the_keys(bits):
         assert all(0 < run.shape[2] <= step for run in runs)
         assert all(sum(run.shape[2] for run in runs[:i]) % align == 0 for i in range(len(runs)))
         assert torch.equal(torch.cat(runs, 2), seg.keys)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_read_range_of_any_rows_equals_the_same_rows_of_a_whole_read(bits, per_channel):
+    """Ranges with partial key groups at either edge, into a new tensor or into part of a larger one."""
+    from longreach.kv.quant import _Codes
+    x = torch.randn(2, 3, 32, 16) * torch.linspace(0.1, 4.0, 16)
+    codes = _Codes(x, QuantSpec(bits, 8), per_channel, 32)
+    codes.write(0, x)
+    whole = codes.read_range(0, 32, torch.float32)
+    assert (whole - x).abs().max() < (0.05 if bits == 8 else 0.6)
+    for a, b in [(0, 8), (8, 24), (3, 8), (8, 13), (5, 29), (31, 32), (0, 32)]:
+        torch.testing.assert_close(codes.read_range(a, b, torch.float32), whole[:, :, a:b], rtol=0, atol=0)
+        into = torch.full((2, 3, 40, 16), float("nan"))
+        got = codes.read_range(a, b, torch.float32, out=into[:, :, 4:4 + b - a])
+        assert got.data_ptr() == into[:, :, 4:].data_ptr()
+        torch.testing.assert_close(into[:, :, 4:4 + b - a], whole[:, :, a:b], rtol=0, atol=0)
+        assert bool(into[:, :, :4].isnan().all()) and bool(into[:, :, 4 + b - a:].isnan().all())

@@ -117,24 +117,32 @@ class _Codes:
             x = (codes.view(b, h, n, d // self.group, self.group) * scale[..., None] + zero[..., None])
         return x.view(b, h, n, d).to(dtype)
 
-    def read_range(self, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
-        """Dequantized rows a..b [B, H, b - a, d], from slices (no per-row gathers).
+    def read_range(self, a: int, b: int, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Dequantized rows a..b [B, H, b - a, d], from slices (no per-row gathers), written into
+        `out` when given (a view [B, H, b - a, d], e.g. part of a larger read).
 
         The codes are multiplied by the float scales as uint8 (one pass writes the float result)."""
+        batch, heads, _, packed = self.codes.shape
+        if out is None:
+            out = torch.empty(batch, heads, b - a, self.dim, dtype=dtype, device=self.codes.device)
         if self.per_channel:
             g = self.spec.group
             first, last = a // g, -(-b // g)
-            codes = unpack(self.codes[:, :, first * g:last * g], self.spec.bits)
-            batch, heads, n, d = codes.shape
-            grouped = codes.reshape(batch, heads, last - first, g, d)
-            x = torch.mul(grouped, self.scale[:, :, first:last, None].float())
-            x.add_(self.zero[:, :, first:last, None].float())
-            return x.view(batch, heads, n, d)[:, :, a - first * g:b - first * g].to(dtype)
-        codes = unpack(self.codes[:, :, a:b], self.spec.bits)
-        batch, heads, n, d = codes.shape
-        grouped = codes.reshape(batch, heads, n, d // self.group, self.group)
-        x = torch.mul(grouped, self.scale[:, :, a:b, :, None].float()).add_(self.zero[:, :, a:b, :, None].float())
-        return x.view(batch, heads, n, d).to(dtype)
+            grouped = unpack(self.codes[:, :, first * g:last * g], self.spec.bits).reshape(
+                batch, heads, last - first, g, self.dim)
+            scale, zero = self.scale[:, :, first:last, None].float(), self.zero[:, :, first:last, None].float()
+            if a % g or b % g:  # partial groups at an edge: dequantize them whole, then keep a..b
+                x = torch.mul(grouped, scale).add_(zero).view(batch, heads, -1, self.dim)
+                return out.copy_(x[:, :, a - first * g:b - first * g])
+            target = out.view(batch, heads, last - first, g, self.dim)
+        else:
+            grouped = unpack(self.codes[:, :, a:b], self.spec.bits).reshape(
+                batch, heads, b - a, self.dim // self.group, self.group)
+            scale, zero = self.scale[:, :, a:b, :, None].float(), self.zero[:, :, a:b, :, None].float()
+            target = out.view(batch, heads, b - a, self.dim // self.group, self.group)
+        torch.mul(grouped, scale, out=target)
+        target.add_(zero)
+        return out
 
     def moved(self, start: int, stop: int, capacity: int) -> _Codes:
         """A copy of rows start..stop (start a multiple of the key group) at row 0 of a new capacity."""
@@ -234,12 +242,15 @@ class QuantizedSegment:
 
     # --- reading ----------------------------------------------------------------------------
     def _read(self, codes: _Codes, tail: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        parts = []
-        if a < self._qend:
-            parts.append(codes.read_range(a, min(b, self._qend), self.dtype))
-        if b > self._qend:
-            parts.append(tail[:, :, max(a - self._qend, 0):b - self._qend].to(self.dtype))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, 2) if parts else tail[:, :, :0]
+        """Rows a..b, the quantized part dequantized and the tail copied into one new tensor."""
+        batch, heads, _, dim = tail.shape
+        out = torch.empty(batch, heads, b - a, dim, dtype=self.dtype, device=tail.device)
+        split = min(max(self._qend, a), b)  # rows a..split are codes, split..b are in the tail
+        if split > a:
+            codes.read_range(a, split, self.dtype, out=out[:, :, :split - a])
+        if b > split:
+            out[:, :, split - a:].copy_(tail[:, :, split - self._qend:b - self._qend])
+        return out
 
     def _read_rows(self, codes: _Codes, tail: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Rows [m] (every head) or [Hkv, m] (per head) of keys or values."""
@@ -361,8 +372,11 @@ class QuantizedSegment:
                            self._positions[tail_from:self._end])
         if self._start >= self._qend:
             return tail
-        head = self._rot.read_range(self._start, self._qend, self.dtype)
-        return torch.cat((head, tail), 2) if tail.shape[2] else head
+        batch, heads, _, dim = tail.shape
+        out = torch.empty(batch, heads, self._end - self._start, dim, dtype=self.dtype, device=tail.device)
+        self._rot.read_range(self._start, self._qend, self.dtype, out=out[:, :, :self._qend - self._start])
+        out[:, :, self._qend - self._start:].copy_(tail)
+        return out
 
     # --- writing ----------------------------------------------------------------------------
     def _reserve(self, rows: int) -> None:
