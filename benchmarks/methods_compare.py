@@ -138,9 +138,10 @@ def plot(cells: list[dict], path: Path) -> None:
     groups = defaultdict(list)
     for c in cells:
         groups[(c["config"], c["length"])].append(c)
-    fig, ax = plt.subplots(figsize=(10, 6.5))
+    fig, ax = plt.subplots(figsize=(12, 6.5))
     markers = {4096: "o", 8192: "s", 16384: "^", 32768: "D", 49152: "v", 65536: "P"}
-    colours = {name: plt.cm.tab20(i % 20) for i, name in enumerate(CONFIGS)}
+    palette = [*plt.cm.tab20.colors, *plt.cm.tab20b.colors]  # 40 distinct colours, one per configuration
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(CONFIGS)}
     for (config, length), group in sorted(groups.items()):
         kv = sum(c["kv_bytes"] for c in group) / len(group) / 2**20
         accuracy = sum(c["correct"] for c in group) / len(group)
@@ -150,7 +151,7 @@ def plot(cells: list[dict], path: Path) -> None:
     ax.set_xlabel("KV memory at the end of generation (MiB, log scale)")
     ax.set_ylabel("accuracy (passkey + RULER NIAH)")
     ax.set_title("SmolLM2-135M: accuracy vs KV memory (marker: o 4K, s 8K, ^ 16K, D 32K, v 48K, P 64K)")
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the points
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
