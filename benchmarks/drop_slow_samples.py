@@ -31,10 +31,7 @@ from pathlib import Path
 
 
 def slow(samples: list[dict], group_of, speed_of, below: float) -> list[int]:
-    """Indices of the samples slower than `below` x the median speed of their group
-    (every sample when `below` is infinite)."""
-    if below == float("inf"):
-        return list(range(len(samples)))
+    """Indices of the samples slower than `below` x the median speed of their group."""
     groups = defaultdict(list)
     for sample in samples:
         groups[group_of(sample)].append(speed_of(sample))
@@ -42,11 +39,15 @@ def slow(samples: list[dict], group_of, speed_of, below: float) -> list[int]:
     return [i for i, s in enumerate(samples) if speed_of(s) < below * median[group_of(s)]]
 
 
-def _chosen(samples: list[dict], indices: list[int], name_of, only: set[str] | None) -> list[int]:
+def _picked(samples: list[dict], group_of, speed_of, name_of, below: float | None,
+            only: set[str] | None) -> list[int]:
+    """Indices to drop: the slow samples (every sample when `below` is None) among those whose
+    name (`name_of`) is in `only` (all of them when `only` is None)."""
+    indices = range(len(samples)) if below is None else slow(samples, group_of, speed_of, below)
     return [i for i in indices if only is None or name_of(samples[i]) in only]
 
 
-def _results_dir(path: Path, below: float, dry_run: bool, only: set[str] | None = None) -> list[dict]:
+def _results_dir(path: Path, below: float | None, dry_run: bool, only: set[str] | None = None) -> list[dict]:
     results = path / "results.jsonl"
     lines = [line for line in results.read_text().splitlines() if line.strip()]
     samples = [json.loads(line) for line in lines]
@@ -55,19 +56,18 @@ def _results_dir(path: Path, below: float, dry_run: bool, only: set[str] | None 
         return (s["task"], s["length"], s["method"], json.dumps(s.get("method_options", {}), sort_keys=True),
                 s.get("machine", ""))
 
-    dropped = set(_chosen(samples, slow(samples, group, lambda s: s["prefill_tps"], below),
-                          lambda s: s["method"], only))
+    dropped = set(_picked(samples, group, lambda s: s["prefill_tps"], lambda s: s["method"], below, only))
     if not dry_run and dropped:
         _replace(results, "".join(line + "\n" for i, line in enumerate(lines) if i not in dropped))
     return [samples[i] for i in sorted(dropped)]
 
 
-def _result_file(path: Path, below: float, dry_run: bool, only: set[str] | None = None) -> list[dict]:
+def _result_file(path: Path, below: float | None, dry_run: bool, only: set[str] | None = None) -> list[dict]:
     data = json.loads(path.read_text())
     keys = list(data["cells"])
     cells = [data["cells"][k] | {"key": k} for k in keys]
-    dropped = _chosen(cells, slow(cells, lambda c: (c["config"], c["length"], c.get("machine", "")),
-                                  lambda c: c["prompt_tps"], below), lambda c: c["config"], only)
+    dropped = _picked(cells, lambda c: (c["config"], c["length"], c.get("machine", "")),
+                      lambda c: c["prompt_tps"], lambda c: c["config"], below, only)
     if not dry_run and dropped:
         for i in dropped:
             del data["cells"][keys[i]]
@@ -97,7 +97,7 @@ def main() -> int:
         print("--all needs --only (it would drop every sample)", file=sys.stderr)
         return 2
     only = set(args.only.split(",")) if args.only else None
-    below = float("inf") if args.all else args.below
+    below = None if args.all else args.below  # None: every selected sample
     try:
         if (path / "results.jsonl").is_file():
             dropped, log_path = _results_dir(path, below, args.dry_run, only), path / "dropped.jsonl"

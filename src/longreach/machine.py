@@ -67,6 +67,6 @@ def keep_freed_memory() -> bool:
                 libc = ctypes.CDLL("libc.so.6")
                 _tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and \
                     bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-            except (OSError, AttributeError):
-                _tuned = False
+            except (OSError, AttributeError):  # no loadable glibc: left alone
+                pass
     return _tuned

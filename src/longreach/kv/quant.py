@@ -122,7 +122,7 @@ class _Codes:
         `out` when given (a view [B, H, b - a, d], e.g. part of a larger read).
 
         The codes are multiplied by the float scales as uint8 (one pass writes the float result)."""
-        batch, heads, _, packed = self.codes.shape
+        batch, heads = self.codes.shape[:2]
         if out is None:
             out = torch.empty(batch, heads, b - a, self.dim, dtype=dtype, device=self.codes.device)
         if self.per_channel:
@@ -242,14 +242,19 @@ class QuantizedSegment:
 
     # --- reading ----------------------------------------------------------------------------
     def _read(self, codes: _Codes, tail: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        """Rows a..b, the quantized part dequantized and the tail copied into one new tensor."""
-        batch, heads, _, dim = tail.shape
-        out = torch.empty(batch, heads, b - a, dim, dtype=self.dtype, device=tail.device)
+        """Rows a..b of keys or values: rows before `_qend` from the codes, the rest from the tail."""
         split = min(max(self._qend, a), b)  # rows a..split are codes, split..b are in the tail
+        return self._joined(codes, a, split, tail[:, :, split - self._qend:b - self._qend])
+
+    def _joined(self, codes: _Codes, a: int, split: int, after: torch.Tensor) -> torch.Tensor:
+        """Code rows a..split dequantized and then the 16-bit rows `after`, in one new tensor
+        (written in place: nothing is concatenated)."""
+        batch, heads, n_after, dim = after.shape
+        out = torch.empty(batch, heads, split - a + n_after, dim, dtype=self.dtype, device=after.device)
         if split > a:
             codes.read_range(a, split, self.dtype, out=out[:, :, :split - a])
-        if b > split:
-            out[:, :, split - a:].copy_(tail[:, :, split - self._qend:b - self._qend])
+        if n_after:
+            out[:, :, split - a:].copy_(after)
         return out
 
     def _read_rows(self, codes: _Codes, tail: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -372,11 +377,7 @@ class QuantizedSegment:
                            self._positions[tail_from:self._end])
         if self._start >= self._qend:
             return tail
-        batch, heads, _, dim = tail.shape
-        out = torch.empty(batch, heads, self._end - self._start, dim, dtype=self.dtype, device=tail.device)
-        self._rot.read_range(self._start, self._qend, self.dtype, out=out[:, :, :self._qend - self._start])
-        out[:, :, self._qend - self._start:].copy_(tail)
-        return out
+        return self._joined(self._rot, self._start, self._qend, tail)
 
     # --- writing ----------------------------------------------------------------------------
     def _reserve(self, rows: int) -> None:
