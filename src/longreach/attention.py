@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
+from . import kernels
+from .kernels.decode import attend_one
+
 _NEG_INF = float("-inf")
+# One query over fewer keys than this: torch's kernel, whose call costs less than the compiled one's.
+_KERNEL_MIN_KEYS = 1024
 
 
 @dataclass(slots=True)
@@ -47,6 +52,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     if n_k == 0:
         return Partial(q.new_zeros(q.shape), q.new_full(q.shape[:-1], _NEG_INF))
     assert not causal or n_q == n_k, "causal attention needs as many keys as queries"
+    if n_q == 1 and mask is None and n_k >= _KERNEL_MIN_KEYS and q.shape[0] == 1 and kernels.enabled(q, k, v):
+        got = attend_one(q, k, v, scale)  # a decode step over many keys: the compiled kernel
+        if got is not None:
+            return Partial(*got)
     if q.device.type == "cpu":
         additive = None
         if mask is not None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
+from .kernels.clusters import best_cluster_rows
+
 
 def kmeans(points: torch.Tensor, n_clusters: int, iterations: int = 10, seed: int = 0,
            spherical: bool = True, chunk: int = 8192,
@@ -127,6 +130,7 @@ class ClusterIndex:
         self.threshold = threshold  # [Hkv] estimated-probability thresholds, or None
         k = centroids.shape[1]
         self.counts = cluster_counts(labels, k) if k else labels.new_zeros(labels.shape[0], 0)
+        self.log_counts = self.counts.float().log()  # -inf for an empty cluster: it is never estimated
         # Rank of each key inside its cluster (in memory order): a budget may take part of a cluster.
         # `members` lists each cluster's keys together (cluster by cluster, memory order inside),
         # cluster c's from `starts[c]`.
@@ -159,9 +163,9 @@ class ClusterIndex:
         """Estimated attention probability of one key of each cluster: [n, k] (max over the
         query heads [g, n, d] of head `head`), and the log normaliser [g, n, 1] used."""
         centroids = self.centroids[head] if clusters is None else self.centroids[head, clusters]
-        counts = self.counts[head] if clusters is None else self.counts[head, clusters]
+        log_counts = self.log_counts[head] if clusters is None else self.log_counts[head, clusters]
         logits = (q.float() @ centroids.float().T) * scale  # [g, n, k]
-        return _estimated(logits, counts, 0, log_norm)
+        return _estimated(logits, log_counts, 0, log_norm)
 
     def select(self, q: torch.Tensor, scale: float, head: int, budget: int, slack: float = 4.0):
         """Keys of the stored segment that queries q [g, n, d] (head `head`'s group) attend.
@@ -206,9 +210,11 @@ class ClusterIndex:
         heads, m = self.labels.shape
         if budget >= m:
             return torch.arange(m, device=self.labels.device).expand(heads, m)
+        if kernels.enabled(q, self.centroids[None]):
+            return best_cluster_rows(q, self, scale, budget)
         # `estimate` for every head in one batched product: [Hkv, g, k] -> [Hkv, k]
         logits = torch.bmm(q[:, :, 0].float(), self.centroids.float().transpose(1, 2)) * scale
-        probability, _ = _estimated(logits, self.counts[:, None], 1)
+        probability, _ = _estimated(logits, self.log_counts[:, None], 1)
         order = probability.argsort(dim=-1, descending=True, stable=True)
         ranked = self.counts.gather(1, order)
         take = (budget - (ranked.cumsum(1) - ranked)).clamp(min=0).minimum(ranked).flatten()
@@ -242,12 +248,12 @@ class ClusterIndex:
         return state
 
 
-def _estimated(logits: torch.Tensor, counts: torch.Tensor, heads_dim: int, log_norm=None):
+def _estimated(logits: torch.Tensor, log_counts: torch.Tensor, heads_dim: int, log_norm=None):
     """Estimated attention probability of one key of each cluster from the centroid logits
-    [..., k]: exp(logit_c) / sum_c' N_c' exp(logit_c'), max over the query heads (`heads_dim`),
-    and the log normaliser used (computed unless given)."""
+    [..., k] and the clusters' log sizes: exp(logit_c) / sum_c' N_c' exp(logit_c'), max over the
+    query heads (`heads_dim`), and the log normaliser used (computed unless given)."""
     if log_norm is None:
-        log_norm = torch.logsumexp(logits + counts.float().log(), dim=-1, keepdim=True)
+        log_norm = torch.logsumexp(logits + log_counts, dim=-1, keepdim=True)
     return (logits - log_norm).exp().amax(heads_dim), log_norm
 
 

@@ -6,12 +6,6 @@ import torch
 from longreach.kv import KVSegment, QuantizedSegment, QuantSpec, readahead
 
 
-def test_runs_are_sorted_consecutive_spans():
-    assert readahead.runs(torch.tensor([9, 5, 6, 7, 1, 2, 6])) == [(1, 3), (5, 8), (9, 10)]
-    assert readahead.runs(torch.tensor([3])) == [(3, 4)]
-    assert readahead.runs(torch.tensor([], dtype=torch.long)) == []
-
-
 def _recorder(monkeypatch):
     calls = []
     monkeypatch.setattr(readahead, "_madvise", lambda addr, length, advice: calls.append((addr, length, advice)))
@@ -24,9 +18,12 @@ def _covers(calls, address: int, nbytes: int) -> bool:
 
 def test_page_ranges_are_aligned_sorted_and_merged_when_they_share_or_touch_a_page():
     page = mmap.PAGESIZE
-    got = readahead.page_ranges([(5 * page + 10, 20), (2 * page + 100, 8), (2 * page + 300, 4),
-                                 (3 * page + 1, 2), (9 * page, 0)])
-    assert got == [(2 * page, page + 3), (5 * page, 30)]
+    starts = torch.tensor([2 * page + 100, 2 * page + 300, 3 * page + 1, 5 * page + 10, 7 * page - 8, 9 * page])
+    got = readahead.page_ranges(starts, 8).tolist()
+    # rows on pages 2 and 3: one range, to the last row's end; page 4 is a gap; the rows on pages 5
+    # and 6 touch; page 8 is a gap before the last row
+    assert got == [[2 * page, page + 9], [5 * page, 2 * page], [9 * page, 8]]
+    assert readahead.page_ranges(torch.tensor([], dtype=torch.long), 8).shape == (0, 2)
 
 
 def test_scattered_rows_cost_one_hint_per_page_range(monkeypatch):

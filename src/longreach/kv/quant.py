@@ -220,6 +220,7 @@ class QuantizedSegment:
         # rows become a read-only `_base` segment, and this one keeps the rows after them.
         self._adopted = False
         self._base: QuantizedSegment | None = None
+        self._on_disk = False  # as KVSegment._on_disk
 
     def _reset_rotated(self):
         self._rot: _Codes | None = None  # quantized keys rotated at their positions, rows [.., _rot_end)
@@ -323,7 +324,7 @@ class QuantizedSegment:
 
     def _hint_values(self, rows: torch.Tensor) -> None:
         """As `KVSegment._hint_values`, for the value codes, scales and zero points."""
-        if self._adopted:
+        if self._adopted and self._on_disk:
             for part in (self._v.codes, self._v.scale, self._v.zero):
                 will_need_rows(part, rows)
 
@@ -343,6 +344,10 @@ class QuantizedSegment:
             rest = self._gather_own(index[~in_base] - self._base_len)
             out = tuple(interleave(a, b, in_base, dim) for a, b, dim in zip(first, rest, (2, 2, 0), strict=True))
         return out if device is None else tuple(t.to(device) for t in out)
+
+    def views_for_rows(self, rows: torch.Tensor) -> None:
+        """Codes cannot be read as float rows in place: readers use `gather_per_head`."""
+        return None
 
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
         index = index.to(self.device)  # [Hkv, m]
@@ -405,7 +410,7 @@ class QuantizedSegment:
         base = self._shell()
         base._k, base._v, base._positions = self._k, self._v, self._positions
         base._tail_k, base._start, base._qend = self._tail_k[:, :, :0], self._start, self._qend
-        base._adopted, base._base = True, None
+        base._adopted, base._base, base._on_disk = True, None, self._on_disk
         base._reset_rotated()
         old_v, old_positions, tail_k, a, b = self._v, self._positions, self._tail_k, self._qend, self._end
         batch, heads, _, dim = tail_k.shape
@@ -486,7 +491,7 @@ class QuantizedSegment:
         self._qend = self._k.codes.shape[2]
         self._start = int(state["offset"][0])
         self._reset_rotated()
-        self._adopted, self._base = True, None
+        self._adopted, self._base, self._on_disk = True, None, True
 
     def _shell(self) -> QuantizedSegment:
         """A segment with this one's device, dtype and quantization, holding no storage yet."""
@@ -497,4 +502,5 @@ class QuantizedSegment:
     def clone(self) -> QuantizedSegment:
         copy = self._shell()
         copy.load_state_dict({name: t.clone() for name, t in self.state_dict().items()})
+        copy._on_disk = False  # copied into this process's memory
         return copy

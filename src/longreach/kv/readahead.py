@@ -30,17 +30,6 @@ def _load_madvise():
 _madvise = _load_madvise()
 
 
-def runs(index: torch.Tensor) -> list[tuple[int, int]]:
-    """Sorted runs [start, stop) of consecutive values in a 1-D index."""
-    if index.numel() == 0:
-        return []
-    values = index.unique(sorted=True)
-    breaks = (values[1:] - values[:-1] != 1).nonzero()[:, 0] + 1
-    starts = torch.cat((values[:1], values[breaks])).tolist()
-    stops = torch.cat((values[breaks - 1] + 1, values[-1:] + 1)).tolist()
-    return list(zip(starts, stops, strict=True))
-
-
 def will_need(address: int, length: int) -> None:
     """Hint the OS to read the pages of [address, address + length) of this process's memory.
 
@@ -55,32 +44,38 @@ def will_need(address: int, length: int) -> None:
 def will_need_rows(tensor: torch.Tensor, index: torch.Tensor) -> None:
     """Hint the OS to read rows `index` (along dim 2) of a CPU tensor [B, H, n, d] whose rows are
     contiguous: `index` [m] names the rows of every head, [H, m] the rows of each head. Rows
-    outside [0, n) are ignored (a caller may pass indices that span several tensors). Runs that
-    share or touch a page are hinted together: scattered rows cost one call per page range."""
+    outside [0, n) are ignored (a caller may pass indices that span several tensors). Rows that
+    share or touch a page are hinted together, from the first one's page to the last one's end:
+    scattered rows cost one call per page range, found without a Python loop over the rows."""
     if _madvise is None or tensor.device.type != "cpu" or tensor.stride(3) != 1 or tensor.shape[3] != tensor.stride(2):
         return
-    item = tensor.element_size()
-    row_bytes = tensor.stride(2) * item
-    inside = (index >= 0) & (index < tensor.shape[2])
-    shared = runs(index[inside]) if index.dim() == 1 else None
-    ranges = []
-    for b in range(tensor.shape[0]):
-        for h in range(tensor.shape[1]):
-            head = tensor.data_ptr() + (b * tensor.stride(0) + h * tensor.stride(1)) * item
-            spans = shared if shared is not None else runs(index[h][inside[h]])
-            ranges.extend((head + start * row_bytes, (stop - start) * row_bytes) for start, stop in spans)
-    for address, length in page_ranges(ranges):
+    ranges = page_ranges(_row_starts(tensor, index), tensor.stride(2) * tensor.element_size())
+    for address, length in ranges.tolist():
         will_need(address, length)
 
 
-def page_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(address, length) ranges widened to page boundaries, sorted, with those that overlap or
-    sit on adjacent pages merged into one."""
+def _row_starts(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Sorted addresses of the rows `index` picks in every (batch, head) of `tensor`."""
+    batch, heads, n, _ = tensor.shape
+    item = tensor.element_size()
+    index = index.to("cpu", torch.int64)
+    per_head = index.expand(heads, -1) if index.dim() == 1 else index
+    heads_at = torch.arange(heads)[:, None] * tensor.stride(1)
+    starts = [(tensor.data_ptr() + (b * tensor.stride(0) + heads_at + per_head * tensor.stride(2)) * item)[
+        (per_head >= 0) & (per_head < n)] for b in range(batch)]
+    return torch.cat(starts).unique(sorted=True)
+
+
+def page_ranges(starts: torch.Tensor, row_bytes: int) -> torch.Tensor:
+    """(address, length) [r, 2] covering rows of `row_bytes` at the sorted addresses `starts`:
+    rows whose pages overlap or sit next to each other form one range, from the page holding its
+    first row to its last row's end."""
+    if starts.numel() == 0:
+        return starts.new_zeros(0, 2)
     page = mmap.PAGESIZE
-    merged: list[list[int]] = []
-    for start, end in sorted((a - a % page, a + n) for a, n in ranges if n > 0):
-        if merged and start <= -(-merged[-1][1] // page) * page:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(start, end - start) for start, end in merged]
+    first_page = starts - starts % page
+    ends = starts + row_bytes
+    breaks = (first_page[1:] > -(-ends[:-1] // page) * page).nonzero()[:, 0] + 1
+    range_starts = first_page[torch.cat((breaks.new_zeros(1), breaks))]
+    range_ends = ends[torch.cat((breaks - 1, breaks.new_full((1,), len(starts) - 1)))]
+    return torch.stack((range_starts, range_ends - range_starts), 1)

@@ -37,6 +37,9 @@ class KVSegment:
         # once more tokens arrive they become a read-only `_base` before the growable buffer.
         self._adopted = False
         self._base: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # Adopted tensors may be a mapped file whose pages are still on disk (not a clone's copy):
+        # gathers then hint the rows they read first.
+        self._on_disk = False
 
     def __len__(self) -> int:
         return self._base_len + self._end - self._start
@@ -208,10 +211,21 @@ class KVSegment:
     def _hint_values(self, index: torch.Tensor) -> None:
         """Adopted values may be a mapped file still on disk: ask for every selected run at once.
         `index`: [m] rows of every head or [Hkv, m] rows per head."""
+        if not self._on_disk:
+            return
         if self._base is not None:
             will_need_rows(self._base[1], index)
         elif self._adopted:
             will_need_rows(self._values[:, :, self._start:self._end], index)
+
+    def views_for_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(keys, values) [B, Hkv, n, d] as views, for a reader that picks `rows` ([Hkv, m]) where
+        they lie (announced first, for memory still on disk); None while a read-only base sits
+        before the buffer (the rows would span two tensors: use `gather_per_head`)."""
+        if self._base is not None:
+            return None
+        self._hint_values(rows)
+        return self._keys[:, :, self._start:self._end], self._values[:, :, self._start:self._end]
 
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
         """(keys, values) [B, Hkv, m, d] where KV head h takes the tokens at `index[h]` ([Hkv, m])."""
@@ -255,12 +269,13 @@ class KVSegment:
         self._positions = state["positions"].to(self.device, POSITION_DTYPE)  # older files hold int64
         self._start, self._end = 0, self._keys.shape[2]
         self._rotated, self._rot_end, self._rot_rope = None, 0, None
-        self._adopted, self._base = True, None
+        self._adopted, self._base, self._on_disk = True, None, True
 
     def clone(self) -> KVSegment:
         copy = KVSegment.__new__(KVSegment)
         copy.device = self.device
         copy.load_state_dict({k: v.clone() for k, v in self.state_dict().items()})
+        copy._on_disk = False  # copied into this process's memory
         return copy
 
 

@@ -1,0 +1,108 @@
+"""One query position's attention over stored keys, read where they lie (numba, CPU float32).
+
+Each KV head's keys are cut into splits; a split's scores for the head's g query heads are
+computed in one pass over its key rows, exponentiated against the split's own maximum, and its
+value rows are summed in a second pass; the splits are then merged by their maxima (the
+log-sum-exp merge). Work items (head, split) spread over the threads, so one query still uses
+every core. With `rows`, head h reads only its own rows, without copying them out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import numba, sync_threads
+
+# Summation order may change (what lets the dot products vectorise); no other liberty is taken.
+_REASSOCIATE = {"reassoc", "contract"}
+_ROWS_PER_SPLIT = 512
+
+
+def _kernel(fn):
+    return numba.njit(parallel=True, fastmath=_REASSOCIATE, cache=True)(fn) if numba is not None else fn
+
+
+@_kernel
+def _attend(q, k, v, head_rows, rows, use_rows, n, scale, splits, out, lse):  # pragma: no cover - compiled
+    heads, g, d = q.shape
+    m = rows.shape[1] if use_rows else n
+    per = (m + splits - 1) // splits
+    top = np.full((heads, splits, g), -np.inf, np.float32)
+    total = np.zeros((heads, splits, g), np.float32)
+    acc = np.zeros((heads, splits, g, d), np.float32)
+    for item in numba.prange(heads * splits):
+        h, s = item // splits, item % splits
+        a, b = s * per, min(m, (s + 1) * per)
+        if a >= b:
+            continue
+        scores = np.empty((g, b - a), np.float32)
+        for i in range(a, b):
+            r = h * head_rows + (rows[h, i] if use_rows else i)
+            for j in range(g):
+                dot = np.float32(0.0)
+                for c in range(d):
+                    dot += q[h, j, c] * k[r, c]
+                scores[j, i - a] = dot * scale
+        for j in range(g):
+            best = scores[j].max()
+            top[h, s, j] = best
+            weight = np.float32(0.0)
+            for i in range(b - a):
+                e = np.exp(scores[j, i] - best)
+                scores[j, i] = e
+                weight += e
+            total[h, s, j] = weight
+        for i in range(a, b):
+            r = h * head_rows + (rows[h, i] if use_rows else i)
+            for j in range(g):
+                p = scores[j, i - a]
+                for c in range(d):
+                    acc[h, s, j, c] += p * v[r, c]
+    for h in range(heads):
+        for j in range(g):
+            best = top[h, :, j].max()
+            weight = np.float32(0.0)
+            out[h, j, :] = 0.0
+            for s in range(splits):
+                if top[h, s, j] == -np.inf:
+                    continue
+                f = np.exp(top[h, s, j] - best)
+                weight += f * total[h, s, j]
+                out[h, j, :] += f * acc[h, s, j, :]
+            out[h, j, :] /= weight
+            lse[h, j] = best + math.log(weight)
+
+
+def _as_rows(x: torch.Tensor) -> tuple[np.ndarray, int] | None:
+    """x [1, Hkv, n, d] whose rows are contiguous within each head (any head stride that is a
+    whole number of rows) as one 2-D array [rows, d] over the same memory, and the rows from one
+    head's start to the next's; None for other layouts."""
+    _, heads, n, d = x.shape
+    if x.stride(3) != 1 or x.stride(2) != d or x.stride(1) % d or (heads > 1 and x.stride(1) < n * d):
+        return None
+    head_rows = x.stride(1) // d if heads > 1 else n
+    flat = x.as_strided(((heads - 1) * head_rows + n, d), (d, 1))
+    return flat.numpy(), head_rows
+
+
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+               rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Attention of q [1, H, 1, d] over k, v [1, Hkv, n, d] (rotated keys; H a multiple of Hkv),
+    or with `rows` [Hkv, m] over head h's rows rows[h] only. Returns (out [1, H, 1, d],
+    lse [1, H, 1]), or None when a layout does not suit the kernel (the caller then uses torch)."""
+    heads, n, d = k.shape[1], k.shape[2], k.shape[3]
+    keys, values = _as_rows(k), _as_rows(v)
+    if keys is None or values is None or keys[1] != values[1] or n == 0:
+        return None
+    g = q.shape[1] // heads
+    m = rows.shape[1] if rows is not None else n
+    splits = max(1, min(-(-m // _ROWS_PER_SPLIT), -(-4 * sync_threads() // heads)))
+    out = torch.empty(heads, g, d)
+    lse = torch.empty(heads, g)
+    picked = rows.contiguous().numpy() if rows is not None else np.zeros((heads, 0), np.int64)
+    _attend(q.reshape(heads, g, d).contiguous().numpy(), keys[0], values[0], keys[1], picked,
+            rows is not None, n, np.float32(scale), splits, out.numpy(), lse.numpy())
+    return out.view(1, heads * g, 1, d), lse.view(1, heads * g, 1)
