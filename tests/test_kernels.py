@@ -83,8 +83,8 @@ def test_cluster_lookup_matches_the_torch_ranking(monkeypatch):
         monkeypatch.setenv("LONGREACH_KERNELS", "0")
         expected = index.select_one(q, 0.2, budget)
         monkeypatch.delenv("LONGREACH_KERNELS")
-        assert torch.equal(rows, expected)
-        assert torch.equal(index.select_one(q, 0.2, budget), expected)
+        assert torch.equal(rows, expected.sort(dim=1).values)  # the same keys, in memory order
+        assert torch.equal(index.select_one(q, 0.2, budget), rows)
 
 
 def test_store_views_for_rows():
@@ -94,3 +94,26 @@ def test_store_views_for_rows():
     keys, values = segment.views_for_rows(torch.zeros(2, 3, dtype=torch.long))
     torch.testing.assert_close(keys, segment.keys)
     torch.testing.assert_close(values, segment.values)
+
+
+def test_work_is_shared_out_in_contiguous_ranges_once_each(monkeypatch):
+    import threading
+    seen = []
+
+    def record(tag, first, stop):
+        seen.append((tag, first, stop, threading.current_thread().name))
+
+    monkeypatch.setattr(kernels, "threads", lambda: 3)
+    kernels.in_parallel(record, 10, "x")
+    assert sorted(r[1:3] for r in seen) == [(0, 3), (3, 6), (6, 10)] and {r[0] for r in seen} == {"x"}
+    runners = sorted(r[3] for r in seen)  # the caller's range, and the others in the pool's threads
+    assert runners[0] == "MainThread" and all(name.startswith("longreach-kernel") for name in runners[1:])
+    seen.clear()
+    kernels.in_parallel(record, 2, "y")  # fewer items than threads
+    assert sorted(r[1:3] for r in seen) == [(0, 1), (1, 2)]
+    seen.clear()
+    pool = kernels._pool
+    monkeypatch.setattr(kernels, "_pool", (pool[0] + 1, pool[1], pool[2]))  # as seen from a forked child
+    kernels.in_parallel(record, 4, "z")
+    assert kernels._pool[0] == pool[0] and kernels._pool[2] is not pool[2]
+    assert sorted(r[1:3] for r in seen) == [(0, 1), (1, 2), (2, 4)]

@@ -3,8 +3,8 @@
 Each KV head's keys are cut into splits; a split's scores for the head's g query heads are
 computed in one pass over its key rows, exponentiated against the split's own maximum, and its
 value rows are summed in a second pass; the splits are then merged by their maxima (the
-log-sum-exp merge). Work items (head, split) spread over the threads, so one query still uses
-every core. With `rows`, head h reads only its own rows, without copying them out.
+log-sum-exp merge). Work items (head, split) are shared out over the threads, so one query
+still uses every core. With `rows`, head h reads only its own rows, without copying them out.
 """
 
 from __future__ import annotations
@@ -14,26 +14,19 @@ import math
 import numpy as np
 import torch
 
-from . import numba, sync_threads
+from . import compiled, in_parallel, threads
 
-# Summation order may change (what lets the dot products vectorise); no other liberty is taken.
-_REASSOCIATE = {"reassoc", "contract"}
 _ROWS_PER_SPLIT = 512
 
 
-def _kernel(fn):
-    return numba.njit(parallel=True, fastmath=_REASSOCIATE, cache=True)(fn) if numba is not None else fn
-
-
-@_kernel
-def _attend(q, k, v, head_rows, rows, use_rows, n, scale, splits, out, lse):  # pragma: no cover - compiled
-    heads, g, d = q.shape
+@compiled
+def _splits(q, k, v, head_rows, rows, use_rows, n, scale, top, total, acc, first, stop):  # pragma: no cover
+    """Items [first, stop) of (head, split): each split's maxima, weights and weighted values."""
+    g, d = q.shape[1], q.shape[2]
+    splits = top.shape[1]
     m = rows.shape[1] if use_rows else n
     per = (m + splits - 1) // splits
-    top = np.full((heads, splits, g), -np.inf, np.float32)
-    total = np.zeros((heads, splits, g), np.float32)
-    acc = np.zeros((heads, splits, g, d), np.float32)
-    for item in numba.prange(heads * splits):
+    for item in range(first, stop):
         h, s = item // splits, item % splits
         a, b = s * per, min(m, (s + 1) * per)
         if a >= b:
@@ -61,13 +54,18 @@ def _attend(q, k, v, head_rows, rows, use_rows, n, scale, splits, out, lse):  # 
                 p = scores[j, i - a]
                 for c in range(d):
                     acc[h, s, j, c] += p * v[r, c]
+
+
+@compiled
+def _merge(top, total, acc, out, lse):  # pragma: no cover - compiled
+    heads, splits, g = top.shape
     for h in range(heads):
         for j in range(g):
             best = top[h, :, j].max()
             weight = np.float32(0.0)
             out[h, j, :] = 0.0
             for s in range(splits):
-                if top[h, s, j] == -np.inf:
+                if top[h, s, j] == -np.inf:  # an empty split
                     continue
                 f = np.exp(top[h, s, j] - best)
                 weight += f * total[h, s, j]
@@ -99,10 +97,14 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
         return None
     g = q.shape[1] // heads
     m = rows.shape[1] if rows is not None else n
-    splits = max(1, min(-(-m // _ROWS_PER_SPLIT), -(-4 * sync_threads() // heads)))
+    splits = max(1, min(-(-m // _ROWS_PER_SPLIT), 2 * threads()))
+    top = np.full((heads, splits, g), -np.inf, np.float32)
+    total = np.zeros((heads, splits, g), np.float32)
+    acc = np.zeros((heads, splits, g, d), np.float32)
+    picked = rows.to(torch.int64).contiguous().numpy() if rows is not None else np.zeros((heads, 0), np.int64)
+    in_parallel(_splits, heads * splits, q.reshape(heads, g, d).contiguous().numpy(), keys[0], values[0],
+                keys[1], picked, rows is not None, n, np.float32(scale), top, total, acc)
     out = torch.empty(heads, g, d)
     lse = torch.empty(heads, g)
-    picked = rows.contiguous().numpy() if rows is not None else np.zeros((heads, 0), np.int64)
-    _attend(q.reshape(heads, g, d).contiguous().numpy(), keys[0], values[0], keys[1], picked,
-            rows is not None, n, np.float32(scale), splits, out.numpy(), lse.numpy())
+    _merge(top, total, acc, out.numpy(), lse.numpy())
     return out.view(1, heads * g, 1, d), lse.view(1, heads * g, 1)
