@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tiny import prompt_ids, tiny_lm
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
