@@ -15,8 +15,9 @@ from . import kernels
 from .kernels.decode import attend_one
 
 _NEG_INF = float("-inf")
-# One query over fewer keys than this: torch's kernel, whose call costs less than the compiled one's.
-_KERNEL_MIN_KEYS = 1024
+# One query over fewer keys than this: torch's kernel (the compiled one gains once it shares the
+# work over threads, see kernels.decode.PARALLEL_MIN_ROWS; measured on SmolLM2, 3 KV heads).
+_KERNEL_MIN_KEYS = 8192
 
 
 @dataclass(slots=True)

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels
-from .kernels.clusters import best_cluster_rows
-
 
 def kmeans(points: torch.Tensor, n_clusters: int, iterations: int = 10, seed: int = 0,
            spherical: bool = True, chunk: int = 8192,
@@ -210,8 +207,6 @@ class ClusterIndex:
         heads, m = self.labels.shape
         if budget >= m:
             return torch.arange(m, device=self.labels.device).expand(heads, m)
-        if kernels.enabled(q, self.centroids[None]):
-            return best_cluster_rows(q, self, scale, budget)
         # `estimate` for every head in one batched product: [Hkv, g, k] -> [Hkv, k]
         logits = torch.bmm(q[:, :, 0].float(), self.centroids.float().transpose(1, 2)) * scale
         probability, _ = _estimated(logits, self.log_counts[:, None], 1)

@@ -2,9 +2,7 @@ import pytest
 import torch
 from references import FixedDistanceConfig
 
-from longreach import kernels
 from longreach.clustering import ClusterIndex, calibrate_globally, kmeans, tree_kmeans
-from longreach.methods import squeezed as squeezed_module
 from tiny import prompt_ids, tiny_hf_model, tiny_lm
 
 SMALL_INFLLM = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
@@ -300,15 +298,3 @@ def test_decode_timing_of_the_whole_context_leaves_the_output_alone(positions):
     timing = timed.policy.timing
     assert timing["whole"] > 0 and timing["lookup"] > 0 and timing["other"] > 0
     assert len(timed.policy._whole) == lm.adapter.n_layers  # each layer's context read once
-
-
-@pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
-def test_decode_lookup_read_in_place_by_the_compiled_kernel_matches_the_torch_path(monkeypatch):
-    lm = tiny_lm(method="squeezed", budget=0.25, cluster_size=4, **SMALL_INFLLM)
-    calls, real = [], squeezed_module.attend_one
-    monkeypatch.setattr(squeezed_module, "attend_one", lambda *a, **k: calls.append(k) or real(*a, **k))
-    compiled, _ = _question_logits(lm, prompt_ids(200), prompt_ids(12, seed=4))
-    assert calls and all(k["rows"] is not None for k in calls)
-    monkeypatch.setenv("LONGREACH_KERNELS", "0")
-    plain, _ = _question_logits(lm, prompt_ids(200), prompt_ids(12, seed=4))
-    torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-5)

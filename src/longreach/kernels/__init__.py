@@ -1,8 +1,6 @@
-"""CPU kernels compiled with numba for the decode step's hot loops, where torch's general ops
-cost more than the arithmetic: attention of one query over a long run of keys (torch's CPU flash
-kernel splits work by query blocks, so one query over 32K keys runs at about half the memory
-bandwidth), attention over rows picked per KV head (torch must copy them out first), and the
-cluster lookup of `squeezed` (a dozen small ops of ~10-80 us each in torch).
+"""CPU kernels compiled with numba for the decode step: attention of one query over a long run of
+stored keys (torch's CPU flash kernel shares out its work by query blocks and heads, so one
+query over 32K keys reads them at about half the speed the memory allows).
 
 Used only when every tensor is float32 on the CPU, the batch is 1, and numba imports; set
 LONGREACH_KERNELS=0 to use the torch path everywhere (the two agree to float32 rounding; tests
@@ -47,15 +45,18 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def in_parallel(kernel, n_items: int, *args) -> None:
-    """Run kernel(*args, first, stop) over [0, n_items) cut into one contiguous range per thread:
-    the first range in the caller, the others in a pool of plain threads.
+def in_parallel(kernel, n_items: int, *args, parallel: bool = True) -> None:
+    """Run kernel(*args, first, stop) over [0, n_items): with `parallel`, cut into one contiguous
+    range per thread, the first in the caller and the others in a pool of plain threads; without
+    it, all in the caller.
 
     Plain threads rather than numba's parallel loops: numba's OpenMP pool is a second runtime next
     to torch's, and on a machine busy with other work its spinning threads made each call about
-    200x slower (0.45 s instead of 2 ms); idle plain threads sleep."""
+    200x slower (0.45 s instead of 2 ms); idle plain threads sleep. Waking one costs about 0.1 ms
+    inside a decode step (torch's own threads hold the cores for a while after each of its ops),
+    so callers ask for threads only when the work is much larger than that."""
     global _pool
-    n = min(threads(), n_items)
+    n = min(threads(), n_items) if parallel else 1
     cuts = [n_items * i // n for i in range(n + 1)]
     if n == 1:
         kernel(*args, 0, n_items)

@@ -3,8 +3,8 @@
 Each KV head's keys are cut into splits; a split's scores for the head's g query heads are
 computed in one pass over its key rows, exponentiated against the split's own maximum, and its
 value rows are summed in a second pass; the splits are then merged by their maxima (the
-log-sum-exp merge). Work items (head, split) are shared out over the threads, so one query
-still uses every core. With `rows`, head h reads only its own rows, without copying them out.
+log-sum-exp merge). Over a long context the work items (head, split) are shared out over the
+threads, so one query still uses every core.
 """
 
 from __future__ import annotations
@@ -17,23 +17,25 @@ import torch
 from . import compiled, in_parallel, threads
 
 _ROWS_PER_SPLIT = 512
+# Key rows (summed over KV heads) from which a call shares its work over threads: below this, waking
+# a thread costs about what it saves (measured inside SmolLM2 decode steps on 2 cores).
+PARALLEL_MIN_ROWS = 24 * 1024
 
 
 @compiled
-def _splits(q, k, v, head_rows, rows, use_rows, n, scale, top, total, acc, first, stop):  # pragma: no cover
+def _splits(q, k, v, head_rows, n, scale, top, total, acc, first, stop):  # pragma: no cover
     """Items [first, stop) of (head, split): each split's maxima, weights and weighted values."""
     g, d = q.shape[1], q.shape[2]
     splits = top.shape[1]
-    m = rows.shape[1] if use_rows else n
-    per = (m + splits - 1) // splits
+    per = (n + splits - 1) // splits
     for item in range(first, stop):
         h, s = item // splits, item % splits
-        a, b = s * per, min(m, (s + 1) * per)
+        a, b = s * per, min(n, (s + 1) * per)
         if a >= b:
             continue
         scores = np.empty((g, b - a), np.float32)
         for i in range(a, b):
-            r = h * head_rows + (rows[h, i] if use_rows else i)
+            r = h * head_rows + i
             for j in range(g):
                 dot = np.float32(0.0)
                 for c in range(d):
@@ -49,7 +51,7 @@ def _splits(q, k, v, head_rows, rows, use_rows, n, scale, top, total, acc, first
                 weight += e
             total[h, s, j] = weight
         for i in range(a, b):
-            r = h * head_rows + (rows[h, i] if use_rows else i)
+            r = h * head_rows + i
             for j in range(g):
                 p = scores[j, i - a]
                 for c in range(d):
@@ -86,24 +88,23 @@ def _as_rows(x: torch.Tensor) -> tuple[np.ndarray, int] | None:
     return flat.numpy(), head_rows
 
 
-def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-               rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Attention of q [1, H, 1, d] over k, v [1, Hkv, n, d] (rotated keys; H a multiple of Hkv),
-    or with `rows` [Hkv, m] over head h's rows rows[h] only. Returns (out [1, H, 1, d],
-    lse [1, H, 1]), or None when a layout does not suit the kernel (the caller then uses torch)."""
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Attention of q [1, H, 1, d] over k, v [1, Hkv, n, d] (rotated keys; H a multiple of Hkv).
+    Returns (out [1, H, 1, d], lse [1, H, 1]), or None when a layout does not suit the kernel
+    (the caller then uses torch)."""
     heads, n, d = k.shape[1], k.shape[2], k.shape[3]
     keys, values = _as_rows(k), _as_rows(v)
     if keys is None or values is None or keys[1] != values[1] or n == 0:
         return None
     g = q.shape[1] // heads
-    m = rows.shape[1] if rows is not None else n
-    splits = max(1, min(-(-m // _ROWS_PER_SPLIT), 2 * threads()))
+    parallel = n * heads >= PARALLEL_MIN_ROWS
+    splits = max(1, min(-(-n // _ROWS_PER_SPLIT), 2 * threads() if parallel else 1))
     top = np.full((heads, splits, g), -np.inf, np.float32)
     total = np.zeros((heads, splits, g), np.float32)
     acc = np.zeros((heads, splits, g, d), np.float32)
-    picked = rows.to(torch.int64).contiguous().numpy() if rows is not None else np.zeros((heads, 0), np.int64)
     in_parallel(_splits, heads * splits, q.reshape(heads, g, d).contiguous().numpy(), keys[0], values[0],
-                keys[1], picked, rows is not None, n, np.float32(scale), top, total, acc)
+                keys[1], n, np.float32(scale), top, total, acc, parallel=parallel)
     out = torch.empty(heads, g, d)
     lse = torch.empty(heads, g)
     _merge(top, total, acc, out.numpy(), lse.numpy())

@@ -345,10 +345,6 @@ class QuantizedSegment:
             out = tuple(interleave(a, b, in_base, dim) for a, b, dim in zip(first, rest, (2, 2, 0), strict=True))
         return out if device is None else tuple(t.to(device) for t in out)
 
-    def views_for_rows(self, rows: torch.Tensor) -> None:
-        """Codes cannot be read as float rows in place: readers use `gather_per_head`."""
-        return None
-
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
         index = index.to(self.device)  # [Hkv, m]
         n_base = self._base_len

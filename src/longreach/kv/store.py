@@ -218,15 +218,6 @@ class KVSegment:
         elif self._adopted:
             will_need_rows(self._values[:, :, self._start:self._end], index)
 
-    def views_for_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(keys, values) [B, Hkv, n, d] as views, for a reader that picks `rows` ([Hkv, m]) where
-        they lie (announced first, for memory still on disk); None while a read-only base sits
-        before the buffer (the rows would span two tensors: use `gather_per_head`)."""
-        if self._base is not None:
-            return None
-        self._hint_values(rows)
-        return self._keys[:, :, self._start:self._end], self._values[:, :, self._start:self._end]
-
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
         """(keys, values) [B, Hkv, m, d] where KV head h takes the tokens at `index[h]` ([Hkv, m])."""
         index = index.to(self.device)

@@ -30,11 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import kernels
 from ..attention import Partial, attend, merge
 from ..clustering import ClusterIndex, calibrate_globally
 from ..errors import LongreachError
-from ..kernels.decode import attend_one
 from ..kv import GrowingBuffer
 from .base import MethodConfig, Policy, check, option
 from .infllm import InfLLMConfig
@@ -228,19 +226,14 @@ class SqueezedPolicy(Policy):
         """A decode step's lookup (one query, one-level index, key budget): every KV head's rows at
         once, each head reading only its own keys, in one attention call."""
         rows = index.select_one(q[0].view(self.ctx.n_kv_heads, self.groups, 1, -1), self.ctx.scale, budget)
-        self.touched["steps"] += 1
-        self.touched["selected"] += rows.numel()
-        self.touched["context"] += len(memory) * rows.shape[0]
-        self.touched["centroids"] += index.centroids.shape[1] * rows.shape[0]
-        if self.n_local is not None:  # unrotated keys: the compiled kernel reads the rows where they lie
-            views = memory.views_for_rows(rows) if kernels.enabled(q) else None
-            got = attend_one(q, *views, self.ctx.scale, rows=rows) if views and kernels.enabled(*views) else None
-            if got is not None:
-                return Partial(*got)
         keys, values = memory.gather_per_head(rows, device=self.ctx.device)
         if self.n_local is None:  # true positions: rotate the selected keys where they are
             positions = memory.positions.to(rows.device)[rows]
             keys = torch.cat([self.rope.rotate(keys[:, h:h + 1], positions[h]) for h in range(rows.shape[0])], 1)
+        self.touched["steps"] += 1
+        self.touched["selected"] += rows.numel()
+        self.touched["context"] += len(memory) * rows.shape[0]
+        self.touched["centroids"] += index.centroids.shape[1] * rows.shape[0]
         return attend(q, keys, values, self.ctx.scale)
 
     def _index(self, layer) -> ClusterIndex:
