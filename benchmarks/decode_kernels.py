@@ -2,7 +2,7 @@
 
 For each method and length, the classic passkey prompt (depth 0.5) is prefilled once; then,
 from forks of that one state, the same greedy tokens are decoded with the kernels (numba: one
-query over 8K keys or more) and without them (LONGREACH_KERNELS=0: torch's flash kernel), the
+query over 4K keys or more) and without them (LONGREACH_KERNELS=0: torch's flash kernel), the
 two modes taking turns `--rounds` times, best kept. `squeezed` also gets a pass that times, per
 layer call, its lookup with exact attention over the selected keys against exact attention over
 the whole clustered context (`time_whole_context`), in both modes: the kernels speed up the

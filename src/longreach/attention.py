@@ -17,7 +17,7 @@ from .kernels.decode import attend_one
 _NEG_INF = float("-inf")
 # One query over fewer keys than this: torch's kernel (the compiled one gains once it shares the
 # work over threads, see kernels.decode.PARALLEL_MIN_ROWS; measured on SmolLM2, 3 KV heads).
-_KERNEL_MIN_KEYS = 8192
+_KERNEL_MIN_KEYS = 4096
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from . import compiled, in_parallel, threads
 _ROWS_PER_SPLIT = 512
 # Key rows (summed over KV heads) from which a call shares its work over threads: below this, waking
 # a thread costs about what it saves (measured inside SmolLM2 decode steps on 2 cores).
-PARALLEL_MIN_ROWS = 24 * 1024
+PARALLEL_MIN_ROWS = 12 * 1024
 
 
 @compiled
