@@ -34,6 +34,7 @@ DEFAULT_RUNS = "dense@4k,dense@8k,dense@16k,infllm@32k,squeezed@8k,squeezed@32k"
 def decode(session, logits, new_tokens: int, kernels: bool, timed: bool = False) -> dict:
     """Greedy tokens from a fork of `session`: one untimed step (a fork builds its caches), then
     `new_tokens` timed steps."""
+    chosen = os.environ.get("LONGREACH_KERNELS")
     os.environ["LONGREACH_KERNELS"] = "1" if kernels else "0"
     try:
         fork = session.fork()
@@ -42,20 +43,20 @@ def decode(session, logits, new_tokens: int, kernels: bool, timed: bool = False)
             policy.time_whole_context = True
         tokens = [int(logits.argmax())]
         tokens.append(int(fork.step(tokens[-1]).argmax()))
-        if hasattr(policy, "timing"):
-            policy.timing.update(dict.fromkeys(policy.timing, 0.0))
-            policy.touched.update(dict.fromkeys(policy.touched, 0))
+        if hasattr(policy, "reset_counters"):
+            policy.reset_counters()
         start = time.perf_counter()
         for _ in range(new_tokens):
             tokens.append(int(fork.step(tokens[-1]).argmax()))
         out = {"generation_tps": new_tokens / (time.perf_counter() - start), "tokens": tokens}
-        if timed and policy.touched["steps"]:
-            steps, timing = policy.touched["steps"], policy.timing
-            out["lookup_us"] = 1e6 * (timing["other"] + timing["lookup"]) / steps
-            out["whole_us"] = 1e6 * (timing["other"] + timing["whole"]) / steps
+        if timed and policy.decode_attention_us():
+            out["lookup_us"], out["whole_us"] = policy.decode_attention_us()
         return out
-    finally:
-        os.environ.pop("LONGREACH_KERNELS", None)
+    finally:  # the caller's own setting, if any, comes back
+        if chosen is None:
+            os.environ.pop("LONGREACH_KERNELS", None)
+        else:
+            os.environ["LONGREACH_KERNELS"] = chosen
 
 
 def run(method: str, length: int, args) -> dict:
@@ -84,7 +85,7 @@ def run(method: str, length: int, args) -> dict:
 
 def summarise(cells: list[dict]) -> str:
     rows = []
-    for c in cells:
+    for c in sorted(cells, key=lambda c: (c["method"], c["length"])):
         attention = ""
         if "kernels_lookup_us" in c:
             attention = " / ".join(f"{c[f'{n}_whole_us']:.0f} / {c[f'{n}_lookup_us']:.0f} us "

@@ -124,9 +124,7 @@ def run_cell(lm, sample, scorer, chunk: int, fixed_context: bool) -> dict:
         read = touched["selected"] + touched["centroids"] + touched["other"]
         cell["decode_keys_touched"] = read / touched["steps"]
         cell["decode_cost_ratio"] = (touched["context"] + touched["other"]) / max(read, 1)
-        timing = session.policy.timing  # seconds over the decode steps' layer calls
-        cell["decode_attention_us"] = 1e6 * (timing["other"] + timing["lookup"]) / touched["steps"]
-        cell["decode_attention_whole_us"] = 1e6 * (timing["other"] + timing["whole"]) / touched["steps"]
+        cell["decode_attention_us"], cell["decode_attention_whole_us"] = session.policy.decode_attention_us()
     return cell
 
 

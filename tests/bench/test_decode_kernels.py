@@ -30,3 +30,12 @@ def test_both_modes_decode_the_same_tokens_and_leave_the_environment_alone(metho
     assert compiled["tokens"] == plain["tokens"] and len(plain["tokens"]) == 5
     assert "LONGREACH_KERNELS" not in os.environ
     assert ("lookup_us" in compiled) == (method == "squeezed")
+
+
+def test_a_setting_of_the_caller_is_restored(monkeypatch):
+    lm = tiny_lm(method="dense")
+    session = lm.new_session()
+    logits = session.prefill(prompt_ids(300), 128)
+    monkeypatch.setenv("LONGREACH_KERNELS", "0")
+    decode_kernels.decode(session, logits, 2, kernels=True)
+    assert os.environ["LONGREACH_KERNELS"] == "0"

@@ -31,6 +31,7 @@ def enabled(*tensors: torch.Tensor) -> bool:
 # Summation order may change (what lets the dot products vectorise); no other liberty is taken.
 REASSOCIATE = {"reassoc", "contract"}
 
+
 def compiled(fn):
     """numba-compile `fn` for one thread, releasing the GIL (so `in_parallel` can share out the
     work), cached on disk; without numba, `fn` itself (never called: `enabled` is then False)."""

@@ -106,6 +106,10 @@ class SqueezedPolicy(Policy):
         self._indexes: dict[int, ClusterIndex] = {}
         self._observed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._prefill = self.config.infllm().build(self.ctx) if self.n_local is not None else None
+        self._whole: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.reset_counters()
+
+    def reset_counters(self):
         # Decode cost, summed over layers and KV heads: context keys selected, context keys stored,
         # centroids scored, other keys attended ("steps" counts layer calls).
         self.touched = {"steps": 0, "selected": 0, "context": 0, "centroids": 0, "other": 0}
@@ -113,7 +117,15 @@ class SqueezedPolicy(Policy):
         # exact attention over the selected keys ("lookup") and, with `time_whole_context`, exact
         # attention over every context key for the same query ("whole", not used for the output).
         self.timing = {"other": 0.0, "lookup": 0.0, "whole": 0.0}
-        self._whole: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def decode_attention_us(self) -> tuple[float, float] | None:
+        """Microseconds per decode layer call, both with the unclustered tokens: the lookup with its
+        attention over the selected keys, and attention over the whole context (0 unless
+        `time_whole_context`); None before any decode step."""
+        steps, timing = self.touched["steps"], self.timing
+        if not steps:
+            return None
+        return 1e6 * (timing["other"] + timing["lookup"]) / steps, 1e6 * (timing["other"] + timing["whole"]) / steps
 
     def clustered(self) -> bool:
         return "centroids" in self.store[0].buffers
