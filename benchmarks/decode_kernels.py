@@ -5,9 +5,9 @@ from forks of that one state, the same greedy tokens are decoded with the kernel
 query over 4K keys or more) and without them (LONGREACH_KERNELS=0: torch's flash kernel), the
 two modes taking turns `--rounds` times, best kept. `squeezed` also gets a pass that times, per
 layer call, its lookup with exact attention over the selected keys against exact attention over
-the whole clustered context (`time_whole_context`), in both modes: the kernels speed up the
-whole-context baseline, not the lookup (rows picked per head read in place measured slower
-inside decode steps than torch's gather on 2 cores).
+the whole clustered context (`time_whole_context`), in both modes: the kernels speed up both,
+the whole context read as one stream, the lookup compiled and its selected clusters read in
+place as runs (each head's memory is stored cluster by cluster).
 
     python benchmarks/decode_kernels.py
     python benchmarks/decode_kernels.py --runs dense@8k,squeezed@32k --new-tokens 16

@@ -6,6 +6,7 @@ import torch
 from longreach import attention, kernels
 from longreach.attention import _flash_cpu, attend
 from longreach.kernels.decode import attend_one
+from longreach.kv.rows import rows_of
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
 
@@ -34,6 +35,21 @@ def test_keys_read_in_place_from_a_larger_buffer():
     q = torch.randn(1, 6, 1, 32)
     out, lse = attend_one(q, k, v, 0.2)
     ref_out, ref_lse = _torch_attend(q, k.contiguous(), v.contiguous(), 0.2)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,n", [(2, 700), (3, 4500)])  # 3 x 4500 rows: shared over threads
+def test_one_query_over_rows_picked_per_head_matches_torch_over_the_gathered_rows(heads, n):
+    """Head h reads rows[h] of its keys in place (runs and scattered rows, repeats allowed)."""
+    torch.manual_seed(n)
+    buffer_k, buffer_v = torch.randn(1, heads, 9000, 32), torch.randn(1, heads, 9000, 32)
+    k, v = buffer_k[:, :, 50:8050], buffer_v[:, :, 50:8050]
+    rows = torch.stack([torch.cat((torch.arange(h * 100, h * 100 + n // 2), torch.randint(0, 8000, (n - n // 2,))))
+                        for h in range(heads)])
+    q = torch.randn(1, heads * 2, 1, 32)
+    out, lse = attend_one(q, k, v, 0.2, rows=rows)
+    ref_out, ref_lse = _torch_attend(q, rows_of(k, rows), rows_of(v, rows), 0.2)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
 

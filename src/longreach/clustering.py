@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
+from .kernels.lookup import select_rows
+
 
 def kmeans(points: torch.Tensor, n_clusters: int, iterations: int = 10, seed: int = 0,
            spherical: bool = True, chunk: int = 8192,
@@ -201,12 +204,19 @@ class ClusterIndex:
     def select_one(self, q: torch.Tensor, scale: float, budget: int) -> torch.Tensor:
         """Decoding's lookup for every KV head at once: one query position, q [Hkv, g, 1, d], a
         one-level index and a key budget. The keys `select` chooses for each head, as rows
-        [Hkv, min(budget, m)] cluster by cluster (best first; not sorted: attention does not care),
+        [Hkv, min(budget, m)] cluster by cluster (in no defined order: attention does not care),
         found from the ranked clusters' members in O(k + budget) per head instead of a pass over
-        all m keys."""
+        all m keys. Compiled on the CPU (`kernels.lookup`), in torch elsewhere."""
         heads, m = self.labels.shape
         if budget >= m:
             return torch.arange(m, device=self.labels.device).expand(heads, m)
+        if kernels.enabled(q, self.centroids):
+            return select_rows(q[:, :, 0], self.centroids, self.log_counts, self.counts, self.starts,
+                               self.members, scale, budget)
+        return self._select_one_torch(q, scale, budget)
+
+    def _select_one_torch(self, q: torch.Tensor, scale: float, budget: int) -> torch.Tensor:
+        heads, m = self.labels.shape
         # `estimate` for every head in one batched product: [Hkv, g, k] -> [Hkv, k]
         logits = torch.bmm(q[:, :, 0].float(), self.centroids.float().transpose(1, 2)) * scale
         probability, _ = _estimated(logits, self.log_counts[:, None], 1)
@@ -217,6 +227,12 @@ class ClusterIndex:
         within = torch.arange(heads * budget, device=order.device) - (take.cumsum(0) - take).repeat_interleave(take)
         rows = self.members.flatten()[first.repeat_interleave(take) + within]
         return rows.view(heads, budget)
+
+    def in_cluster_order(self) -> ClusterIndex:
+        """The same index over keys laid out cluster by cluster (`members` order, per head): the
+        memory of `KVSegment.reorder_per_head(self.members)`."""
+        return ClusterIndex(self.centroids, self.labels.gather(1, self.members), self.coarse, self.parent,
+                            self.threshold)
 
     def calibrate(self, queries: list[torch.Tensor], scale: float, budget: int) -> None:
         """Per head, the threshold that keeps `budget` keys per query on average over `queries`."""

@@ -126,3 +126,17 @@ def test_gathering_per_head_from_adopted_tensors_hints_each_heads_values(monkeyp
     assert not _covers(calls, values[0, 0, 200].data_ptr(), row)  # head 0 did not select row 200
     # rows 305/310 were appended in this process: no hint goes past the adopted tensor
     assert all(addr + length <= values[0, 1, 201].data_ptr() + row for addr, length, _ in calls)
+
+
+def test_reading_in_place_from_adopted_tensors_hints_keys_and_values_of_each_head(monkeypatch):
+    calls = _recorder(monkeypatch)
+    keys, values = torch.randn(1, 2, 300, 8), torch.randn(1, 2, 300, 8)
+    segment = KVSegment(1, 2, 8, torch.float32, torch.device("cpu"))
+    segment.load_state_dict({"keys": keys, "values": values, "positions": torch.arange(300)})
+    segment.will_read(torch.tensor([[5, 6, 7], [200, 201, 202]]))
+    for tensor in (keys, values):
+        assert _covers(calls, tensor[0, 0, 5].data_ptr(), 3 * 8 * 4)
+        assert _covers(calls, tensor[0, 1, 200].data_ptr(), 3 * 8 * 4)
+    calls.clear()
+    segment.clone().will_read(torch.tensor([[5], [6]]))
+    assert calls == []  # a copy in this process's memory

@@ -104,3 +104,26 @@ def test_a_straddling_slice_or_rotation_joins_the_parts_once():
     keys, _, positions = seg.slice(15, 25)
     assert torch.equal(positions, torch.arange(15, 25)) and len(seg.key_parts()) == 1
     torch.testing.assert_close(seg.rotated_keys(rope), rope.rotate(seg.keys, seg.positions))
+
+
+def test_reordering_each_head_moves_its_rows_and_leaves_the_adopted_file_alone():
+    """Row i of head h becomes the token that was at order[h, i]; positions stay in token order;
+    a segment over adopted tensors (a mapped file) with new tokens after them is copied, not written."""
+    k, v, p = _tokens(0, 30)
+    adopted = {"keys": k[:, :, :20].clone(), "values": v[:, :, :20].clone(), "positions": p[:20].clone()}
+    seg = KVStore(1, 2, 8, torch.float32, "cpu")[0].segment("memory")
+    seg.load_state_dict(adopted)
+    seg.append(k[:, :, 20:], v[:, :, 20:], p[20:])  # a base and a buffer
+    seg.drop_front(4)
+    order = torch.stack([torch.randperm(26, generator=torch.Generator().manual_seed(h)) for h in range(2)])
+    seg.reorder_per_head(order)
+    for h in range(2):
+        assert torch.equal(seg.keys[0, h], k[0, h, 4:][order[h]])
+        assert torch.equal(seg.values[0, h], v[0, h, 4:][order[h]])
+    assert torch.equal(seg.positions, p[4:].long()) and len(seg) == 26 and len(seg.key_parts()) == 1
+    assert torch.equal(adopted["keys"], k[:, :, :20]) and torch.equal(adopted["values"], v[:, :, :20])
+    picked = torch.tensor([[0, 5, 25], [3, 3, 9]])  # gathers read the new layout
+    keys, values = seg.gather_per_head(picked)
+    assert torch.equal(keys[0, 1], k[0, 1, 4:][order[1][picked[1]]])
+    seg.append(*_tokens(30, 3))  # and it grows as before
+    assert len(seg) == 29 and torch.equal(seg.positions[-3:], torch.arange(30, 33))

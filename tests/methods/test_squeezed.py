@@ -3,6 +3,7 @@ import torch
 from references import FixedDistanceConfig
 
 from longreach.clustering import ClusterIndex, calibrate_globally, kmeans, tree_kmeans
+from longreach.methods.squeezed import SqueezedPolicy
 from tiny import prompt_ids, tiny_hf_model, tiny_lm
 
 SMALL_INFLLM = dict(n_local=32, n_init=4, block_size=8, topk_blocks=2, exec_block=16)
@@ -89,10 +90,14 @@ def test_budget_lookup_matches_brute_force_and_is_exact(method):
         assert all(len(r) == 37 for r in got)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("budget", [1, 37, 299, 300, 1000])
-def test_decode_lookup_of_every_head_at_once_selects_what_the_per_head_lookup_does(budget):
-    """`select_one` (decode: one query, members grouped by cluster) against `select` and by hand,
-    budgets from one key to more than the context, the last cluster taken in part."""
+def test_decode_lookup_of_every_head_at_once_selects_what_the_per_head_lookup_does(budget, compiled, monkeypatch):
+    """`select_one` (decode: one query, members grouped by cluster; compiled or torch) against
+    `select` and by hand, budgets from one key to more than the context, the last cluster taken
+    in part."""
+    if not compiled:
+        monkeypatch.setenv("LONGREACH_KERNELS", "0")
     torch.manual_seed(2)
     index = ClusterIndex.build(torch.randn(3, 300, 16), cluster_size=8, levels=1, iterations=5)
     q = torch.randn(3, 2, 1, 16)  # 3 KV heads, 2 query heads each
@@ -102,6 +107,24 @@ def test_decode_lookup_of_every_head_at_once_selects_what_the_per_head_lookup_do
         expected, mask, _ = index.select(q[head], 0.25, head, budget)
         assert sorted(rows[head].tolist()) == expected[mask[0]].tolist() == _selected_by_hand(
             index, q[head], 0.25, head, budget)[0]
+
+
+def test_compiled_lookup_ranks_every_cluster_when_the_best_few_fall_short_and_breaks_ties_in_order():
+    """The compiled lookup first ranks only the clusters as probable as the n-th best (n: two budgets
+    of average clusters); here those are single keys, too few, so it must rank them all. Equal
+    estimates (identical centroids) go to the lower cluster first, as in torch's stable sort."""
+    torch.manual_seed(3)
+    labels = torch.cat((torch.zeros(250, dtype=torch.long), torch.arange(1, 51))).view(1, -1)  # 1 x 250, 50 x 1
+    q = torch.randn(1, 2, 1, 16)
+    centroids = torch.randn(1, 51, 16)
+    centroids[0, 0] = -3 * q[0, :, 0].mean(0)  # the big cluster ranks last
+    centroids[0, 20:30] = centroids[0, 20]  # ties
+    index = ClusterIndex(centroids, labels[:, torch.randperm(300)])
+    for budget in (37, 60, 299):
+        assert torch.equal(index.select_one(q, 0.25, budget).sort(1).values,
+                           index._select_one_torch(q, 0.25, budget).sort(1).values)
+        assert sorted(index.select_one(q, 0.25, budget)[0].tolist()) == _selected_by_hand(
+            index, q[0], 0.25, 0, budget)[0]
 
 
 def test_hierarchical_lookup_scores_fewer_centroids_and_keeps_the_budget():
@@ -298,3 +321,32 @@ def test_decode_timing_of_the_whole_context_leaves_the_output_alone(positions):
     timing = timed.policy.timing
     assert timing["whole"] > 0 and timing["lookup"] > 0 and timing["other"] > 0
     assert len(timed.policy._whole) == lm.adapter.n_layers  # each layer's context read once
+
+
+@pytest.mark.parametrize("kernels_on", [True, False])
+@pytest.mark.parametrize("options", [SMALL_INFLLM, {**SMALL_INFLLM, "levels": 2},
+                                     {"positions": "true", "obs_window": 8}])
+def test_the_cluster_layout_changes_where_keys_lie_and_nothing_else(options, kernels_on, monkeypatch):
+    """Each head's memory stored cluster by cluster (read in place by the kernel, or gathered)
+    answers as the memory kept in token order does; its rows are that memory's, moved, and the
+    "head_positions" buffer holds each row's true position."""
+    if not kernels_on:
+        monkeypatch.setenv("LONGREACH_KERNELS", "0")
+    model, context, question = tiny_hf_model(), prompt_ids(200), prompt_ids(12, seed=4)
+    got, laid_out = _question_logits(tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4, **options),
+                                     context, question)
+    monkeypatch.setattr(SqueezedPolicy, "cluster_layout", False)
+    expected, plain = _question_logits(tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4,
+                                               **options), context, question)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for layer in (0, model.config.num_hidden_layers - 1):
+        memory, reference = laid_out.store[layer].segments["memory"], plain.store[layer].segments["memory"]
+        head_positions = laid_out.store[layer].buffers["head_positions"].data
+        assert "head_positions" not in plain.store[layer].buffers
+        assert (laid_out.store[layer].buffers["labels"].data.diff(dim=1) >= 0).all()  # cluster by cluster
+        row_of = {p: i for i, p in enumerate(reference.positions.tolist())}
+        for h in range(memory.n_kv_heads):
+            at = torch.tensor([row_of[p] for p in head_positions[h].tolist()])
+            assert sorted(at.tolist()) == list(range(len(reference)))
+            assert torch.equal(memory.keys[0, h], reference.keys[0, h, at])
+            assert torch.equal(memory.values[0, h], reference.values[0, h, at])

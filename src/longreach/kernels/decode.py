@@ -4,7 +4,9 @@ Each KV head's keys are cut into splits; a split's scores for the head's g query
 computed in one pass over its key rows, exponentiated against the split's own maximum, and its
 value rows are summed in a second pass; the splits are then merged by their maxima (the
 log-sum-exp merge). Over a long context the work items (head, split) are shared out over the
-threads, so one query still uses every core.
+threads, so one query still uses every core. With `rows`, KV head h reads only its rows rows[h],
+where they lie: fast when they come in runs (squeezed stores each head's keys cluster by cluster,
+and a lookup selects whole clusters); rows scattered one by one cost about 5x a streamed row.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ PARALLEL_MIN_ROWS = 12 * 1024
 
 
 @compiled
-def _splits(q, k, v, head_rows, n, scale, top, total, acc, first, stop):  # pragma: no cover
-    """Items [first, stop) of (head, split): each split's maxima, weights and weighted values."""
+def _splits(q, k, v, head_rows, rows, n, scale, top, total, acc, first, stop):  # pragma: no cover
+    """Items [first, stop) of (head, split): each split's maxima, weights and weighted values.
+    Head h's i-th key is row rows[h, i] of its keys, or row i when `rows` has no columns."""
     g, d = q.shape[1], q.shape[2]
     splits = top.shape[1]
+    picked = rows.shape[1] > 0
     per = (n + splits - 1) // splits
     for item in range(first, stop):
         h, s = item // splits, item % splits
@@ -35,7 +39,7 @@ def _splits(q, k, v, head_rows, n, scale, top, total, acc, first, stop):  # prag
             continue
         scores = np.empty((g, b - a), np.float32)
         for i in range(a, b):
-            r = h * head_rows + i
+            r = h * head_rows + (rows[h, i] if picked else i)
             for j in range(g):
                 dot = np.float32(0.0)
                 for c in range(d):
@@ -51,7 +55,7 @@ def _splits(q, k, v, head_rows, n, scale, top, total, acc, first, stop):  # prag
                 weight += e
             total[h, s, j] = weight
         for i in range(a, b):
-            r = h * head_rows + i
+            r = h * head_rows + (rows[h, i] if picked else i)
             for j in range(g):
                 p = scores[j, i - a]
                 for c in range(d):
@@ -88,15 +92,18 @@ def _as_rows(x: torch.Tensor) -> tuple[np.ndarray, int] | None:
     return flat.numpy(), head_rows
 
 
-def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Attention of q [1, H, 1, d] over k, v [1, Hkv, n, d] (rotated keys; H a multiple of Hkv).
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+               rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Attention of q [1, H, 1, d] over k, v [1, Hkv, t, d] (rotated keys; H a multiple of Hkv):
+    every key, or with `rows` [Hkv, n] (each in [0, t)) head h's keys rows[h] only.
     Returns (out [1, H, 1, d], lse [1, H, 1]), or None when a layout does not suit the kernel
     (the caller then uses torch)."""
-    heads, n, d = k.shape[1], k.shape[2], k.shape[3]
+    heads, d = k.shape[1], k.shape[3]
+    n = k.shape[2] if rows is None else rows.shape[1]
     keys, values = _as_rows(k), _as_rows(v)
     if keys is None or values is None or keys[1] != values[1] or n == 0:
         return None
+    picked = np.zeros((heads, 0), np.int64) if rows is None else rows.to(torch.int64).contiguous().numpy()
     g = q.shape[1] // heads
     parallel = n * heads >= PARALLEL_MIN_ROWS
     splits = max(1, min(-(-n // _ROWS_PER_SPLIT), 2 * threads() if parallel else 1))
@@ -104,7 +111,7 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     total = np.zeros((heads, splits, g), np.float32)
     acc = np.zeros((heads, splits, g, d), np.float32)
     in_parallel(_splits, heads * splits, q.reshape(heads, g, d).contiguous().numpy(), keys[0], values[0],
-                keys[1], n, np.float32(scale), top, total, acc, parallel=parallel)
+                keys[1], picked, n, np.float32(scale), top, total, acc, parallel=parallel)
     out = torch.empty(heads, g, d)
     lse = torch.empty(heads, g)
     _merge(top, total, acc, out.numpy(), lse.numpy())

@@ -218,6 +218,26 @@ class KVSegment:
         elif self._adopted:
             will_need_rows(self._values[:, :, self._start:self._end], index)
 
+    def will_read(self, index: torch.Tensor) -> None:
+        """About to read the keys and values at `index` ([Hkv, m] rows per head) where they lie (a
+        compiled kernel): a mapped file still on disk is asked for them first."""
+        self._hint_values(index)
+        if self._on_disk and self._adopted and self._base is None:
+            will_need_rows(self._keys[:, :, self._start:self._end], index)
+
+    def reorder_per_head(self, order: torch.Tensor) -> None:
+        """Store KV head h's tokens in the order order[h] ([Hkv, n], each a permutation of the rows):
+        row i of head h then holds the token that was at row order[h, i] (squeezed lays a head's
+        keys out cluster by cluster, so that a lookup's clusters are read as runs). Positions stay
+        in token order, one per token: the caller keeps `order` to pair a head's rows with theirs."""
+        assert order.shape == (self.n_kv_heads, len(self)), "one permutation of the rows per KV head"
+        order = order.to(self.device)
+        self._keys, self._values = rows_of(self.keys, order), rows_of(self.values, order)
+        self._positions = self.positions.to(POSITION_DTYPE)
+        self._start, self._end = 0, self._positions.shape[0]
+        self._rotated, self._rot_end, self._rot_rope = None, 0, None
+        self._adopted, self._base, self._on_disk = False, None, False
+
     def gather_per_head(self, index: torch.Tensor, device: torch.device | None = None):
         """(keys, values) [B, Hkv, m, d] where KV head h takes the tokens at `index[h]` ([Hkv, m])."""
         index = index.to(self.device)

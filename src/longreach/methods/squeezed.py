@@ -21,6 +21,10 @@ Positions:
           local window ("recent") and the new tokens keep true relative positions while
           closer than n_local, and move to distance n_local after that. RoPE positions then
           never exceed about n_local + the question, at any context length.
+
+Layout: once clustered, the memory holds each KV head's keys cluster by cluster (positions per
+head in the buffer "head_positions"), so the clusters a lookup selects are runs of rows; on the
+CPU a decode step attends them where they lie (`kernels`). Quantized memory keeps token order.
 """
 
 from __future__ import annotations
@@ -30,14 +34,20 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import kernels
 from ..attention import Partial, attend, merge
 from ..clustering import ClusterIndex, calibrate_globally
 from ..errors import LongreachError
+from ..kernels.decode import attend_one
 from ..kv import GrowingBuffer
+from ..kv.store import KVSegment
 from .base import MethodConfig, Policy, check, option
 from .infllm import InfLLMConfig
 
 INDEX_BUFFERS = ("centroids", "labels", "coarse", "parent", "threshold")
+# The clustered memory stores each KV head's keys cluster by cluster; this buffer [Hkv, n] holds the
+# true position of each head's rows (the segment's own positions stay in token order).
+HEAD_POSITIONS = "head_positions"
 
 
 @dataclass(slots=True)
@@ -95,6 +105,8 @@ class SqueezedPolicy(Policy):
     # Set by a benchmark: each decode step also times exact attention over the whole clustered
     # context for the same query, the cost the lookup replaces (see `timing`).
     time_whole_context = False
+    # Lay each KV head's clustered memory out cluster by cluster (tests turn it off to compare).
+    cluster_layout = True
 
     def __init__(self, ctx, config: SqueezedConfig, n_local: int | None):
         super().__init__(ctx)
@@ -174,7 +186,7 @@ class SqueezedPolicy(Policy):
         if layer not in self._whole:
             keys, values = memory.keys.to(self.ctx.device), memory.values.to(self.ctx.device)
             if self.n_local is None:
-                keys = self.rope.rotate(keys, memory.positions)
+                keys = self._rotated(keys, self._head_positions(layer, memory))
             self._whole[layer] = keys, values
         started = self._clock()
         attend(q, *self._whole[layer], self.ctx.scale)
@@ -214,17 +226,18 @@ class SqueezedPolicy(Policy):
         cfg, g, index = self.config, self.groups, self._index(layer)
         budget = round(cfg.budget * len(memory)) if cfg.budget <= 1 else int(cfg.budget)
         if q.shape[2] == 1 and index.parent is None and index.threshold is None:
-            return self._selected_one(memory, q, index, max(budget, 1))
+            return self._selected_one(layer, memory, q, index, max(budget, 1))
         picks = [index.select(q[0, h * g:(h + 1) * g], self.ctx.scale, h, max(budget, 1), cfg.coarse_slack)
                  for h in range(self.ctx.n_kv_heads)]
         union = torch.unique(torch.cat([rows for rows, _, _ in picks]))
-        keys, values, positions = memory.gather(union, device=self.ctx.device)
+        keys, values, _ = memory.gather(union, device=self.ctx.device)
+        head_positions = self._head_positions(layer, memory) if self.n_local is None else None
         outs = []
         for h, (rows, mask, _) in enumerate(picks):
             at = torch.searchsorted(union, rows)
             head_keys = keys[:, h:h + 1].index_select(2, at)
-            if self.n_local is None:  # true positions: rotate the selected keys where they are
-                head_keys = self.rope.rotate(head_keys, positions.index_select(0, at))
+            if head_positions is not None:  # true positions: rotate the selected keys where they are
+                head_keys = self.rope.rotate(head_keys, head_positions[h].index_select(0, rows))
             outs.append(attend(q[:, h * g:(h + 1) * g], head_keys, values[:, h:h + 1].index_select(2, at),
                                self.ctx.scale, mask=None if bool(mask.all()) else mask))
         if q.shape[2] == 1:
@@ -234,19 +247,36 @@ class SqueezedPolicy(Policy):
             self.touched["centroids"] += sum(scored for _, _, scored in picks)
         return Partial(torch.cat([p.out for p in outs], 1), torch.cat([p.lse for p in outs], 1))
 
-    def _selected_one(self, memory, q, index: ClusterIndex, budget: int) -> Partial:
+    def _selected_one(self, layer, memory, q, index: ClusterIndex, budget: int) -> Partial:
         """A decode step's lookup (one query, one-level index, key budget): every KV head's rows at
         once, each head reading only its own keys, in one attention call."""
         rows = index.select_one(q[0].view(self.ctx.n_kv_heads, self.groups, 1, -1), self.ctx.scale, budget)
-        keys, values = memory.gather_per_head(rows, device=self.ctx.device)
-        if self.n_local is None:  # true positions: rotate the selected keys where they are
-            positions = memory.positions.to(rows.device)[rows]
-            keys = torch.cat([self.rope.rotate(keys[:, h:h + 1], positions[h]) for h in range(rows.shape[0])], 1)
         self.touched["steps"] += 1
         self.touched["selected"] += rows.numel()
         self.touched["context"] += len(memory) * rows.shape[0]
         self.touched["centroids"] += index.centroids.shape[1] * rows.shape[0]
+        if self.n_local is not None and isinstance(memory, KVSegment) and kernels.enabled(q, memory.keys):
+            # unrotated keys read where they lie: the selected clusters are runs of the memory
+            memory.will_read(rows)
+            got = attend_one(q, memory.keys, memory.values, self.ctx.scale, rows=rows)
+            if got is not None:
+                return Partial(*got)
+        keys, values = memory.gather_per_head(rows, device=self.ctx.device)
+        if self.n_local is None:  # true positions: rotate the selected keys where they are
+            keys = self._rotated(keys, self._head_positions(layer, memory).to(rows.device).gather(1, rows))
         return attend(q, keys, values, self.ctx.scale)
+
+    def _head_positions(self, layer, memory) -> torch.Tensor:
+        """True positions [Hkv, n] of each KV head's memory rows."""
+        buffers = self.store[layer].buffers
+        if HEAD_POSITIONS in buffers:
+            return buffers[HEAD_POSITIONS].data.long()
+        return memory.positions.expand(self.ctx.n_kv_heads, -1)  # a context clustered in token order
+
+    def _rotated(self, keys, head_positions) -> torch.Tensor:
+        """keys [B, Hkv, n, d], each head's rotated at its own positions."""
+        return torch.cat([self.rope.rotate(keys[:, h:h + 1], head_positions[h].to(keys.device))
+                          for h in range(keys.shape[1])], 1)
 
     def _index(self, layer) -> ClusterIndex:
         if layer not in self._indexes:
@@ -278,6 +308,12 @@ class SqueezedPolicy(Policy):
                                            cfg.kmeans, cfg.kmeans_iters)
             else:
                 index = ClusterIndex(keys[0].float(), positions.new_zeros(keys.shape[1], 0))
+            if self.cluster_layout and len(memory) and isinstance(memory, KVSegment):  # quantized: token order
+                # each head's keys cluster by cluster: a lookup then reads its clusters as runs
+                order = index.members.to(memory.device)
+                kv.buffers[HEAD_POSITIONS] = GrowingBuffer.from_tensor(positions[order].to(torch.int32))
+                memory.reorder_per_head(order)
+                index = index.in_cluster_order()
             if cfg.selection == "threshold" and len(memory):
                 budget = round(cfg.budget * len(memory)) if cfg.budget <= 1 else int(cfg.budget)
                 q, q_positions = self._observed[layer]
