@@ -97,3 +97,19 @@ def test_work_is_shared_out_in_contiguous_ranges_once_each(monkeypatch):
     kernels.in_parallel(record, 4, "z")
     assert kernels._pool[0] == pool[0] and kernels._pool[2] is not pool[2]
     assert sorted(r[1:3] for r in seen) == [(0, 1), (1, 2), (2, 4)]
+
+
+def test_vectorised_exp_matches_exp_to_float32_rounding_and_sums_what_it_writes():
+    import numpy as np
+
+    from longreach.kernels.decode import exp_shifted
+
+    x = np.concatenate((np.linspace(-100, 3, 20001), [3.0, -1e30])).astype(np.float32)
+    out, bits = np.empty_like(x), np.empty(x.shape[0], np.int32)
+    total = exp_shifted(x, np.float32(3.0), bits, out)
+    exact = np.exp((x - np.float32(3.0)).astype(np.float64))  # exp of the float32 difference, as expf
+    normal = exact > 2e-38
+    assert np.abs(out[normal] / exact[normal] - 1).max() < 5e-7
+    assert (out[~normal] < 2e-38).all()
+    assert out[-2] == 1.0  # the maximum is exactly 1
+    assert np.isclose(total, out.astype(np.float64).sum(), rtol=1e-6)

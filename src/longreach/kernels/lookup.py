@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import compiled
+from .decode import exp_shifted
 
 
 @compiled
@@ -23,6 +24,8 @@ def _select(q, centroids, log_counts, counts, starts, members, budget, scale, ro
     k = centroids.shape[1]
     logits = np.empty((g, k), np.float32)
     best = np.empty(k, np.float32)
+    weighted = np.empty(k, np.float32)
+    bits = np.empty(k, np.int32)
     for h in range(heads):
         for c in range(k):
             for j in range(g):
@@ -33,13 +36,10 @@ def _select(q, centroids, log_counts, counts, starts, members, budget, scale, ro
         best[:] = -np.inf
         for j in range(g):
             # log of the normaliser sum_c N_c exp(logit_c), as a log-sum-exp
-            top = -np.inf
             for c in range(k):
-                top = max(top, logits[j, c] + log_counts[h, c])
-            total = np.float32(0.0)
-            for c in range(k):
-                total += np.exp(logits[j, c] + log_counts[h, c] - top)
-            log_norm = np.float32(top + math.log(total))
+                weighted[c] = logits[j, c] + log_counts[h, c]
+            top = weighted.max()
+            log_norm = np.float32(top + math.log(exp_shifted(weighted, top, bits, weighted)))
             for c in range(k):
                 best[c] = max(best[c], logits[j, c] - log_norm)
         probability = np.exp(best)  # one key's estimated probability, max over the query heads
