@@ -108,12 +108,13 @@ def target_rows(cells: list[dict]) -> list[list[str]]:
                            "squeezed (1/8 budget) within 2 points of dense inside the window (4K, 8K)"),
             _passkey_at(index, "squeezed", LONG, 95.0),
             *_decode_cost(index, "squeezed", 4.0)]
+    # dense is compared inside its window (past it, both fail); infllm at every length both reached
     for quant, base in (("dense+int8", "dense"), ("infllm+int8", "infllm")):
-        lengths = IN_WINDOW if base == "dense" else (LONG,)
+        lengths = IN_WINDOW if base == "dense" else REPORTED_LENGTHS
         rows.append(_within_points(index, quant, base, lengths, 1.0, f"{quant}: <= 1 point lost vs {base}"))
         rows.append(_bytes_ratio(index, quant, base, lengths, 0.27, f"{quant}: KV bytes <= 0.27x of {base}"))
     for quant, base in (("dense+int4", "dense"), ("infllm+int4", "infllm")):
-        lengths = IN_WINDOW if base == "dense" else (LONG,)
+        lengths = IN_WINDOW if base == "dense" else REPORTED_LENGTHS
         loss = _within_points(index, quant, base, lengths, float("inf"), f"{quant}: accuracy lost vs {base} (reported)")
         rows.append([*loss[:2], "reported" if loss[1] else "not measured"])
         ratio = _bytes_ratio(index, quant, base, lengths, None, f"{quant}: KV bytes vs {base} (reported)")

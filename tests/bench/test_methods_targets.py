@@ -55,6 +55,19 @@ def test_quantization_loss_and_bytes():
     assert rows["dense+int4: KV bytes vs dense (reported)"] == ["0.150x (4 cells)", "reported"]
 
 
+def test_infllm_quantization_is_judged_at_every_length_both_reached_dense_inside_the_window():
+    cells = []
+    for length in (4096, 32768):
+        for name, kv in (("dense", 4000), ("dense+int8", 1000), ("infllm", 4000), ("infllm+int8", 1000)):
+            cells.append(cell(name, length, "passkey|0.5|0", 1.0 if length == 4096 or name == "infllm" else 0.0,
+                              kv=kv))
+    rows = rows_by_target(cells)
+    assert rows["dense+int8: <= 1 point lost vs dense"] == [
+        "dense+int8 100.0% vs dense 100.0% (1 cells): +0.0 points lost", "met"]  # 32K left out
+    assert rows["infllm+int8: <= 1 point lost vs infllm"] == [
+        "infllm+int8 50.0% vs infllm 100.0% (2 cells): +50.0 points lost", "missed"]
+
+
 def test_where_a_method_breaks():
     cells = [cell("yarn", length, "passkey|0.5|0", ok) for length, ok in ((4096, 1.0), (32768, 1.0), (49152, 0.0))]
     assert breaks_at(_index(cells), "yarn") == "48K (0%)"
