@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import kernels
-from .kernels.lookup import select_rows
+from .kernels.decode import select_rows
 
 
 def kmeans(points: torch.Tensor, n_clusters: int, iterations: int = 10, seed: int = 0,
@@ -206,11 +206,11 @@ class ClusterIndex:
         one-level index and a key budget. The keys `select` chooses for each head, as rows
         [Hkv, min(budget, m)] cluster by cluster (in no defined order: attention does not care),
         found from the ranked clusters' members in O(k + budget) per head instead of a pass over
-        all m keys. Compiled on the CPU (`kernels.lookup`), in torch elsewhere."""
+        all m keys. Compiled on the CPU (`kernels.decode.select_rows`), in torch elsewhere."""
         heads, m = self.labels.shape
         if budget >= m:
             return torch.arange(m, device=self.labels.device).expand(heads, m)
-        if kernels.enabled(q, self.centroids):
+        if q.device.type == "cpu" and kernels.enabled(self.centroids):  # q is converted to float32
             return select_rows(q[:, :, 0], self.centroids, self.log_counts, self.counts, self.starts,
                                self.members, scale, budget)
         return self._select_one_torch(q, scale, budget)

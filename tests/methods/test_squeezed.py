@@ -2,7 +2,10 @@ import pytest
 import torch
 from references import FixedDistanceConfig
 
+from longreach import kernels
 from longreach.clustering import ClusterIndex, calibrate_globally, kmeans, tree_kmeans
+from longreach.kernels.decode import attend_one
+from longreach.methods import squeezed
 from longreach.methods.squeezed import SqueezedPolicy
 from tiny import prompt_ids, tiny_hf_model, tiny_lm
 
@@ -96,8 +99,7 @@ def test_decode_lookup_of_every_head_at_once_selects_what_the_per_head_lookup_do
     """`select_one` (decode: one query, members grouped by cluster; compiled or torch) against
     `select` and by hand, budgets from one key to more than the context, the last cluster taken
     in part."""
-    if not compiled:
-        monkeypatch.setenv("LONGREACH_KERNELS", "0")
+    _use_kernels(monkeypatch, compiled)
     torch.manual_seed(2)
     index = ClusterIndex.build(torch.randn(3, 300, 16), cluster_size=8, levels=1, iterations=5)
     q = torch.randn(3, 2, 1, 16)  # 3 KV heads, 2 query heads each
@@ -109,10 +111,17 @@ def test_decode_lookup_of_every_head_at_once_selects_what_the_per_head_lookup_do
             index, q[head], 0.25, head, budget)[0]
 
 
-def test_compiled_lookup_ranks_every_cluster_when_the_best_few_fall_short_and_breaks_ties_in_order():
+def _use_kernels(monkeypatch, on: bool) -> None:
+    if on and kernels.numba is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setenv("LONGREACH_KERNELS", "1" if on else "0")
+
+
+def test_compiled_lookup_ranks_every_cluster_when_the_best_few_fall_short_and_breaks_ties_in_order(monkeypatch):
     """The compiled lookup first ranks only the clusters as probable as the n-th best (n: two budgets
     of average clusters); here those are single keys, too few, so it must rank them all. Equal
     estimates (identical centroids) go to the lower cluster first, as in torch's stable sort."""
+    _use_kernels(monkeypatch, True)
     torch.manual_seed(3)
     labels = torch.cat((torch.zeros(250, dtype=torch.long), torch.arange(1, 51))).view(1, -1)  # 1 x 250, 50 x 1
     q = torch.randn(1, 2, 1, 16)
@@ -125,6 +134,24 @@ def test_compiled_lookup_ranks_every_cluster_when_the_best_few_fall_short_and_br
                            index._select_one_torch(q, 0.25, budget).sort(1).values)
         assert sorted(index.select_one(q, 0.25, budget)[0].tolist()) == _selected_by_hand(
             index, q[0], 0.25, 0, budget)[0]
+
+
+def test_compiled_lookup_keeps_every_tie_at_the_cut_and_takes_the_lower_clusters(monkeypatch):
+    """50 clusters of 4 keys, budget 20: the compiled lookup ranks only the clusters at least as
+    probable as the 10th best. Clusters 3..20 tie there (one centroid); 3 best ones and 2 of the
+    tied fill the budget, and the tied ones taken must be the lowest, 3 and 4."""
+    _use_kernels(monkeypatch, True)
+    torch.manual_seed(4)
+    q = torch.randn(1, 1, 1, 16)
+    direction = q[0, 0, 0] / q[0, 0, 0].norm()
+    centroids = torch.randn(1, 50, 16) * 0.1 - direction  # the rest: far below
+    centroids[0, :3] = torch.tensor([6.0, 5.0, 4.0])[:, None] * direction
+    centroids[0, 3:21] = 2.0 * direction
+    index = ClusterIndex(centroids, torch.arange(50).repeat_interleave(4).view(1, -1))
+    rows = index.select_one(q, 1.0, 20)
+    expected = torch.cat([torch.arange(c * 4, c * 4 + 4) for c in (0, 1, 2, 3, 4)])
+    assert torch.equal(rows.sort(1).values[0], expected)
+    assert torch.equal(index._select_one_torch(q, 1.0, 20).sort(1).values[0], expected)
 
 
 def test_hierarchical_lookup_scores_fewer_centroids_and_keeps_the_budget():
@@ -330,11 +357,14 @@ def test_the_cluster_layout_changes_where_keys_lie_and_nothing_else(options, ker
     """Each head's memory stored cluster by cluster (read in place by the kernel, or gathered)
     answers as the memory kept in token order does; its rows are that memory's, moved, and the
     "head_positions" buffer holds each row's true position."""
-    if not kernels_on:
-        monkeypatch.setenv("LONGREACH_KERNELS", "0")
+    _use_kernels(monkeypatch, kernels_on)
+    in_place = []
+    monkeypatch.setattr(squeezed, "attend_one", lambda *a, **kw: in_place.append(1) or attend_one(*a, **kw))
     model, context, question = tiny_hf_model(), prompt_ids(200), prompt_ids(12, seed=4)
-    got, laid_out = _question_logits(tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4, **options),
-                                     context, question)
+    lm = tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4, **options)
+    got, laid_out = _question_logits(lm, context, question)
+    # decode steps of a one-level infllm index read their rows in place with the kernels on
+    assert bool(in_place) == (kernels_on and "positions" not in options and "levels" not in options)
     monkeypatch.setattr(SqueezedPolicy, "cluster_layout", False)
     expected, plain = _question_logits(tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4,
                                                **options), context, question)
@@ -350,3 +380,7 @@ def test_the_cluster_layout_changes_where_keys_lie_and_nothing_else(options, ker
             assert sorted(at.tolist()) == list(range(len(reference)))
             assert torch.equal(memory.keys[0, h], reference.keys[0, h, at])
             assert torch.equal(memory.values[0, h], reference.values[0, h, at])
+    restored = lm.new_session()  # saved and loaded, the layout and its positions come back
+    restored.store.load_state_dict(laid_out.store.state_dict())
+    restored.position = laid_out.position
+    torch.testing.assert_close(restored.step(7), laid_out.step(7), rtol=0, atol=0)

@@ -186,7 +186,8 @@ class SqueezedPolicy(Policy):
         if layer not in self._whole:
             keys, values = memory.keys.to(self.ctx.device), memory.values.to(self.ctx.device)
             if self.n_local is None:
-                keys = self._rotated(keys, self._head_positions(layer, memory))
+                every_row = torch.arange(len(memory), device=self.ctx.device).expand(keys.shape[1], -1)
+                keys = self._rotated(keys, self._positions_of(layer, memory, every_row))
             self._whole[layer] = keys, values
         started = self._clock()
         attend(q, *self._whole[layer], self.ctx.scale)
@@ -229,16 +230,16 @@ class SqueezedPolicy(Policy):
             return self._selected_one(layer, memory, q, index, max(budget, 1))
         picks = [index.select(q[0, h * g:(h + 1) * g], self.ctx.scale, h, max(budget, 1), cfg.coarse_slack)
                  for h in range(self.ctx.n_kv_heads)]
-        union = torch.unique(torch.cat([rows for rows, _, _ in picks]))
-        keys, values, _ = memory.gather(union, device=self.ctx.device)
-        head_positions = self._head_positions(layer, memory) if self.n_local is None else None
+        # each head reads its own rows (padded to one width): each head's memory has its own layout
+        width = max(1, *(rows.numel() for rows, _, _ in picks))
+        padded = torch.stack([torch.cat((rows, rows.new_zeros(width - rows.numel()))) for rows, _, _ in picks])
+        keys, values = memory.gather_per_head(padded, device=self.ctx.device)
+        if self.n_local is None:  # true positions: rotate the selected keys where they are
+            keys = self._rotated(keys, self._positions_of(layer, memory, padded))
         outs = []
         for h, (rows, mask, _) in enumerate(picks):
-            at = torch.searchsorted(union, rows)
-            head_keys = keys[:, h:h + 1].index_select(2, at)
-            if head_positions is not None:  # true positions: rotate the selected keys where they are
-                head_keys = self.rope.rotate(head_keys, head_positions[h].index_select(0, rows))
-            outs.append(attend(q[:, h * g:(h + 1) * g], head_keys, values[:, h:h + 1].index_select(2, at),
+            n = rows.numel()
+            outs.append(attend(q[:, h * g:(h + 1) * g], keys[:, h:h + 1, :n], values[:, h:h + 1, :n],
                                self.ctx.scale, mask=None if bool(mask.all()) else mask))
         if q.shape[2] == 1:
             self.touched["steps"] += 1
@@ -255,7 +256,8 @@ class SqueezedPolicy(Policy):
         self.touched["selected"] += rows.numel()
         self.touched["context"] += len(memory) * rows.shape[0]
         self.touched["centroids"] += index.centroids.shape[1] * rows.shape[0]
-        if self.n_local is not None and isinstance(memory, KVSegment) and kernels.enabled(q, memory.keys):
+        laid_out = HEAD_POSITIONS in self.store[layer].buffers  # not a context clustered in token order
+        if laid_out and self.n_local is not None and kernels.enabled(q, memory.keys):
             # unrotated keys read where they lie: the selected clusters are runs of the memory
             memory.will_read(rows)
             got = attend_one(q, memory.keys, memory.values, self.ctx.scale, rows=rows)
@@ -263,15 +265,16 @@ class SqueezedPolicy(Policy):
                 return Partial(*got)
         keys, values = memory.gather_per_head(rows, device=self.ctx.device)
         if self.n_local is None:  # true positions: rotate the selected keys where they are
-            keys = self._rotated(keys, self._head_positions(layer, memory).to(rows.device).gather(1, rows))
+            keys = self._rotated(keys, self._positions_of(layer, memory, rows))
         return attend(q, keys, values, self.ctx.scale)
 
-    def _head_positions(self, layer, memory) -> torch.Tensor:
-        """True positions [Hkv, n] of each KV head's memory rows."""
-        buffers = self.store[layer].buffers
-        if HEAD_POSITIONS in buffers:
-            return buffers[HEAD_POSITIONS].data.long()
-        return memory.positions.expand(self.ctx.n_kv_heads, -1)  # a context clustered in token order
+    def _positions_of(self, layer, memory, rows) -> torch.Tensor:
+        """True positions [Hkv, m] (int64, on rows' device) of each KV head's memory rows rows[h]."""
+        table = self.store[layer].buffers.get(HEAD_POSITIONS)
+        if table is not None:
+            return table.data.gather(1, rows.to(table.data.device)).to(rows.device, torch.long)
+        positions = memory.positions  # a context clustered in token order: one position per row
+        return positions[rows.to(positions.device)].to(rows.device)
 
     def _rotated(self, keys, head_positions) -> torch.Tensor:
         """keys [B, Hkv, n, d], each head's rotated at its own positions."""
@@ -311,7 +314,8 @@ class SqueezedPolicy(Policy):
             if self.cluster_layout and len(memory) and isinstance(memory, KVSegment):  # quantized: token order
                 # each head's keys cluster by cluster: a lookup then reads its clusters as runs
                 order = index.members.to(memory.device)
-                kv.buffers[HEAD_POSITIONS] = GrowingBuffer.from_tensor(positions[order].to(torch.int32))
+                kv.buffers[HEAD_POSITIONS] = GrowingBuffer.from_tensor(
+                    positions[order].to(self.ctx.device, torch.int32))  # beside the other index tensors
                 memory.reorder_per_head(order)
                 index = index.in_cluster_order()
             if cfg.selection == "threshold" and len(memory):
