@@ -338,4 +338,5 @@ class SqueezedPolicy(Policy):
         for layer, index in indexes.items():
             for name, tensor in index.tensors().items():
                 self.store[layer].buffers[name] = GrowingBuffer.from_tensor(tensor)
+        self._indexes.update(indexes)  # this session's questions need not rebuild them (forks do, once)
         self._observed = {}
