@@ -49,8 +49,9 @@ def decode(session, logits, new_tokens: int, kernels: bool, timed: bool = False)
         for _ in range(new_tokens):
             tokens.append(int(fork.step(tokens[-1]).argmax()))
         out = {"generation_tps": new_tokens / (time.perf_counter() - start), "tokens": tokens}
-        if timed and policy.decode_attention_us():
-            out["lookup_us"], out["whole_us"] = policy.decode_attention_us()
+        attention_us = policy.decode_attention_us() if timed else None
+        if attention_us:
+            out["lookup_us"], out["whole_us"] = attention_us
         return out
     finally:  # the caller's own setting, if any, comes back
         if chosen is None:

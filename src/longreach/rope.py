@@ -73,7 +73,8 @@ class RotaryEmbedding:
         return self.inv_freq
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape [n, head_dim] for integer `positions` of shape [n]."""
+        """cos, sin of shape [..., n, head_dim] for integer `positions` of shape [..., n] (e.g. [n], or
+        [Hkv, n] for keys whose positions differ per head)."""
         # Every layer asks for the same positions within one forward pass: remember the last answer.
         key = (positions.numel(), dtype, self.version)  # plus identity below; positions are never mutated
         if self._memo is not None and self._memo[0] == key and self._memo[1] is positions:
@@ -86,14 +87,15 @@ class RotaryEmbedding:
         positions = positions.to("cpu")
         max_position = int(positions.max()) if positions.numel() else 0
         inv_freq = self._frequencies_for(max_position)
-        angles = positions.double()[:, None] * inv_freq[None, :]
+        angles = positions.double()[..., None] * inv_freq
         angles = torch.cat((angles, angles), dim=-1)
         cos = (angles.cos() * self.attention_scaling).to(device=self.device, dtype=dtype)
         sin = (angles.sin() * self.attention_scaling).to(device=self.device, dtype=dtype)
         return cos, sin
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate `x` [..., n, head_dim] at `positions` [n]; returns a new tensor."""
+        """Rotate `x` [..., n, head_dim] at `positions` [n] (or [H, n] for x [B, H, n, head_dim]: one
+        row of positions per head); returns a new tensor."""
         cos, sin = self.cos_sin(positions, x.dtype)
         return apply_rotary(x, cos, sin)
 

@@ -127,3 +127,12 @@ def test_reordering_each_head_moves_its_rows_and_leaves_the_adopted_file_alone()
     assert torch.equal(keys[0, 1], k[0, 1, 4:][order[1][picked[1]]])
     seg.append(*_tokens(30, 3))  # and it grows as before
     assert len(seg) == 29 and torch.equal(seg.positions[-3:], torch.arange(30, 33))
+
+
+def test_rotation_takes_one_row_of_positions_per_head():
+    rope = RotaryEmbedding(LlamaConfig(head_dim=8, hidden_size=16, num_attention_heads=2), 8)
+    keys = torch.randn(1, 2, 5, 8)
+    positions = torch.tensor([[3, 0, 7, 1, 2], [40, 41, 9, 8, 100]])
+    rotated = rope.rotate(keys, positions)
+    for h in range(2):
+        assert torch.equal(rotated[:, h], rope.rotate(keys[:, h], positions[h]))

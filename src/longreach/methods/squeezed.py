@@ -187,7 +187,7 @@ class SqueezedPolicy(Policy):
             keys, values = memory.keys.to(self.ctx.device), memory.values.to(self.ctx.device)
             if self.n_local is None:
                 every_row = torch.arange(len(memory), device=self.ctx.device).expand(keys.shape[1], -1)
-                keys = self._rotated(keys, self._positions_of(layer, memory, every_row))
+                keys = self.rope.rotate(keys, self._positions_of(layer, memory, every_row))
             self._whole[layer] = keys, values
         started = self._clock()
         attend(q, *self._whole[layer], self.ctx.scale)
@@ -235,7 +235,7 @@ class SqueezedPolicy(Policy):
         padded = torch.stack([torch.cat((rows, rows.new_zeros(width - rows.numel()))) for rows, _, _ in picks])
         keys, values = memory.gather_per_head(padded, device=self.ctx.device)
         if self.n_local is None:  # true positions: rotate the selected keys where they are
-            keys = self._rotated(keys, self._positions_of(layer, memory, padded))
+            keys = self.rope.rotate(keys, self._positions_of(layer, memory, padded))
         outs = []
         for h, (rows, mask, _) in enumerate(picks):
             n = rows.numel()
@@ -265,7 +265,7 @@ class SqueezedPolicy(Policy):
                 return Partial(*got)
         keys, values = memory.gather_per_head(rows, device=self.ctx.device)
         if self.n_local is None:  # true positions: rotate the selected keys where they are
-            keys = self._rotated(keys, self._positions_of(layer, memory, rows))
+            keys = self.rope.rotate(keys, self._positions_of(layer, memory, rows))
         return attend(q, keys, values, self.ctx.scale)
 
     def _positions_of(self, layer, memory, rows) -> torch.Tensor:
@@ -275,11 +275,6 @@ class SqueezedPolicy(Policy):
             return table.data.gather(1, rows.to(table.data.device)).to(rows.device, torch.long)
         positions = memory.positions  # a context clustered in token order: one position per row
         return positions[rows.to(positions.device)].to(rows.device)
-
-    def _rotated(self, keys, head_positions) -> torch.Tensor:
-        """keys [B, Hkv, n, d], each head's rotated at its own positions."""
-        return torch.cat([self.rope.rotate(keys[:, h:h + 1], head_positions[h].to(keys.device))
-                          for h in range(keys.shape[1])], 1)
 
     def _index(self, layer) -> ClusterIndex:
         if layer not in self._indexes:
