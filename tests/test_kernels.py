@@ -5,7 +5,7 @@ import torch
 
 from longreach import attention, kernels
 from longreach.attention import _flash_cpu, attend
-from longreach.kernels.decode import attend_one
+from longreach.kernels.decode import attend_one, attend_segments
 from longreach.kv.rows import rows_of
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
@@ -54,6 +54,30 @@ def test_one_query_over_rows_picked_per_head_matches_torch_over_the_gathered_row
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("long_memory", [False, True])  # True: 3 x 4096 picked rows, shared over threads
+def test_segments_read_by_their_own_queries_make_one_softmax(long_memory):
+    """Picked rows of one buffer, a strided view and a contiguous tensor, each read by its own
+    query (and an empty segment): the merge of torch attention over each."""
+    torch.manual_seed(3)
+    heads, groups, d = 3, 3, 64
+    q_near, q_far = torch.randn(1, heads * groups, 1, d), torch.randn(1, heads * groups, 1, d)
+    memory_k, memory_v = torch.randn(1, heads, 9000, d) * 2, torch.randn(1, heads, 9000, d)
+    n_rows = 4096 if long_memory else 300
+    rows = torch.stack([torch.randperm(9000)[:n_rows].sort().values for _ in range(heads)])
+    recent_k, recent_v = torch.randn(1, heads, 900, d), torch.randn(1, heads, 900, d)
+    sinks_k, sinks_v = torch.randn(1, heads, 40, d), torch.randn(1, heads, 40, d)
+    segments = [(1, memory_k, memory_v, rows), (1, recent_k[:, :, :600], recent_v[:, :, :600], None),
+                (0, recent_k[:, :, 600:], recent_v[:, :, 600:], None), (1, sinks_k, sinks_v, None),
+                (0, recent_k[:, :, :0], recent_v[:, :, :0], None)]
+    out, lse = attend_segments((q_near, q_far), segments, 0.125)
+    parts = [attention.Partial(*_torch_attend((q_near, q_far)[i], rows_of(k, rows) if r is not None else k,
+                                              rows_of(v, rows) if r is not None else v, 0.125))
+             for i, k, v, r in segments[:4]]
+    ref_out, ref_lse = attention.merge(parts)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
 def test_unsuitable_layouts_are_declined():
     k = torch.randn(1, 2, 64, 100).transpose(2, 3)  # channels not contiguous
     assert attend_one(torch.randn(1, 2, 1, 64), k, k, 1.0) is None
@@ -97,16 +121,20 @@ def test_work_is_shared_out_in_contiguous_ranges_once_each(monkeypatch):
     kernels.in_parallel(record, 4, "z")
     assert kernels._pool[0] == pool[0] and kernels._pool[2] is not pool[2]
     assert sorted(r[1:3] for r in seen) == [(0, 1), (1, 2), (2, 4)]
+    seen.clear()
+    monkeypatch.setattr(kernels, "threads", lambda: 2)
+    kernels.in_parallel(record, 6, "w", sizes=[10, 1, 1, 1, 1, 6])  # cut where the costs halve
+    assert sorted(r[1:3] for r in seen) == [(0, 1), (1, 6)]
 
 
-def test_vectorised_exp_matches_exp_to_float32_rounding_and_sums_what_it_writes():
+def test_vectorised_exp_matches_exp_to_float32_rounding_and_sums_what_it_writes_in_place():
     import numpy as np
 
     from longreach.kernels.decode import exp_shifted
 
     x = np.concatenate((np.linspace(-100, 3, 20001), [3.0, -1e30])).astype(np.float32)
-    out, bits = np.empty_like(x), np.empty(x.shape[0], np.int32)
-    total = exp_shifted(x, np.float32(3.0), bits, out)
+    out, bits = x.copy(), np.empty(x.shape[0], np.int32)
+    total = exp_shifted(out, np.float32(3.0), bits)  # in place
     exact = np.exp((x - np.float32(3.0)).astype(np.float64))  # exp of the float32 difference, as expf
     normal = exact > 2e-38
     assert np.abs(out[normal] / exact[normal] - 1).max() < 5e-7

@@ -32,6 +32,10 @@ def _default_inv_freq(config, head_dim: int) -> torch.Tensor:
     return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim))
 
 
+# Position lists up to this long are remembered by value (see `RotaryEmbedding.cos_sin`).
+_SHORT = 4
+
+
 class RotaryEmbedding:
     """cos/sin tables for any positions, and the rotation itself (HF `rotate_half` layout)."""
 
@@ -53,6 +57,7 @@ class RotaryEmbedding:
         self.inv_freq = self._base_inv_freq
         self.version = 0  # bumped when the frequencies change (dynamic NTK), invalidating rotated caches
         self._memo: tuple | None = None
+        self._short: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _init(self, seq_len: int | None) -> tuple[torch.Tensor, float]:
         if self.rope_type == "default":
@@ -75,8 +80,20 @@ class RotaryEmbedding:
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [..., n, head_dim] for integer `positions` of shape [..., n] (e.g. [n], or
         [Hkv, n] for keys whose positions differ per head)."""
-        # Every layer asks for the same positions within one forward pass: remember the last answer.
-        key = (positions.numel(), dtype, self.version)  # plus identity below; positions are never mutated
+        # Every layer asks for the same positions within one forward pass: remember the last answer
+        # (by identity: positions are never mutated), and the answers for a few short position lists
+        # by value (a decode step rotates its query at its position, and at a fixed distance, in
+        # every layer, from tensors built afresh).
+        if 0 < positions.numel() <= _SHORT:
+            values = tuple(positions.flatten().tolist())
+            self._frequencies_for(max(values))  # dynamic NTK: the frequencies these positions get
+            key = (values, tuple(positions.shape), dtype, self.version)
+            result = self._short.get(key)
+            if result is None:  # a new dict, never one mutated: shallow copies (dynamic NTK) share it
+                result = self._compute_cos_sin(positions, dtype)
+                self._short = {**(self._short if len(self._short) < 8 else {}), key: result}
+            return result
+        key = (positions.numel(), dtype, self.version)
         if self._memo is not None and self._memo[0] == key and self._memo[1] is positions:
             return self._memo[2]
         result = self._compute_cos_sin(positions, dtype)

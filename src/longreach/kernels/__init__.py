@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 try:
@@ -46,10 +47,11 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def in_parallel(kernel, n_items: int, *args, parallel: bool = True) -> None:
+def in_parallel(kernel, n_items: int, *args, parallel: bool = True, sizes=None) -> None:
     """Run kernel(*args, first, stop) over [0, n_items): with `parallel`, cut into one contiguous
-    range per thread, the first in the caller and the others in a pool of plain threads; without
-    it, all in the caller.
+    range per thread (of about equal total `sizes`, the items' costs, when given; else of equal
+    counts), the first in the caller and the others in a pool of plain threads; without it, all in
+    the caller.
 
     Plain threads rather than numba's parallel loops: numba's OpenMP pool is a second runtime next
     to torch's, and on a machine busy with other work its spinning threads made each call about
@@ -59,6 +61,10 @@ def in_parallel(kernel, n_items: int, *args, parallel: bool = True) -> None:
     global _pool
     n = min(threads(), n_items) if parallel else 1
     cuts = [n_items * i // n for i in range(n + 1)]
+    if sizes is not None and n > 1:
+        ends = np.cumsum(sizes)
+        cuts = [0, *(int(np.searchsorted(ends, ends[-1] * i / n)) + 1 for i in range(1, n)), n_items]
+        cuts = [min(max(c, 0), n_items) for c in cuts]
     if n == 1:
         kernel(*args, 0, n_items)
         return

@@ -5,8 +5,11 @@ computed in one pass over its key rows, exponentiated against the split's own ma
 value rows are summed in a second pass; the splits are then merged by their maxima (the
 log-sum-exp merge). Over a long context the work items (head, split) are shared out over the
 threads, so one query still uses every core. With `rows`, KV head h reads only its rows rows[h],
-where they lie: fast when they come in runs (squeezed stores each head's keys cluster by cluster,
-and a lookup selects whole clusters); rows scattered one by one cost about 5x a streamed row.
+where they lie, each asked of the memory a few rows ahead of its use: fast when they come in runs
+(squeezed stores each head's keys cluster by cluster, and a lookup selects whole clusters), still
+about 2.5x a streamed row per row in runs of 16 (the start of each run waits on the memory), and
+4-5x for rows scattered one by one. `attend_segments` does this over several key segments, each
+read by its own query (keys rotated differently), in one softmax and one call.
 
 `select_rows` is Squeezed Attention's decode lookup in one call: for each KV head, score every
 centroid for the head's query heads, estimate one key's attention probability per cluster (as
@@ -25,9 +28,42 @@ import math
 import numpy as np
 import torch
 
-from . import compiled, in_parallel, threads
+from . import compiled, in_parallel, numba, threads
+
+
+def _prefetch_intrinsic():
+    """prefetch(a, i, j) in compiled code: ask the CPU to bring the cache line holding a[i, j] (a 2-D
+    array) closer, for reading soon; no effect on any result. LLVM's prefetch intrinsic."""
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, array, row, column):
+        def codegen(context, builder, signature, args):
+            array_type = signature.args[0]
+            view = context.make_array(array_type)(context, builder, args[0])
+            at = cgutils.get_item_pointer(context, builder, array_type, view, [args[1], args[2]])
+            byte = builder.bitcast(at, ir.IntType(8).as_pointer())
+            i32 = ir.IntType(32)
+            opaque = str(byte.type) == "ptr"  # LLVM 15+ pointers carry no element type
+            function = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [byte.type, i32, i32, i32]),
+                "llvm.prefetch.p0" if opaque else "llvm.prefetch.p0i8")
+            builder.call(function, [byte, i32(0), i32(3), i32(1)])  # read, keep in every cache level, data
+            return context.get_dummy_value()
+        return types.void(array, row, column), codegen
+
+    return prefetch
+
+
+prefetch = _prefetch_intrinsic() if numba is not None else None
+
 
 _ROWS_PER_SPLIT = 512
+# Rows picked one by one (`rows`) are asked of the memory this many rows ahead of their use: the CPU
+# fetches a run's next rows by itself, but not the first rows of the next run.
+_AHEAD = 16
 # Key rows (summed over KV heads) from which a call shares its work over threads: below this, waking
 # a thread costs about what it saves (measured inside SmolLM2 decode steps on 2 cores).
 PARALLEL_MIN_ROWS = 12 * 1024
@@ -38,9 +74,10 @@ _LN2 = np.float32(0.6931471805599453)
 
 
 @compiled
-def exp_shifted(x, shift, bits, out):  # pragma: no cover - compiled
-    """out[i] = exp(x[i] - shift) for x <= shift (out may be x), and their sum; bits: int32 scratch
-    as long as x. Vectorised (libm's expf is called one value at a time, about 8x slower here):
+def exp_shifted(x, shift, bits):  # pragma: no cover - compiled
+    """x[i] <- exp(x[i] - shift) for x <= shift, in place, and their sum; bits: int32 scratch as
+    long as x. Vectorised (libm's expf is called one value at a time, about 8x slower here; and an
+    output array that may be x would make the compiler keep to one value at a time too):
     exp(y) = 2^m e^f with m = round(y / ln 2) and f = y - m ln 2 (one fused multiply-add, |f| <=
     ln 2 / 2), e^f by its degree-7 Taylor polynomial, 2^m written as float32 exponent bits.
     Relative error within a few 1e-7 (float32 rounding); values under 2^-126 come out as about
@@ -58,36 +95,39 @@ def exp_shifted(x, shift, bits, out):  # pragma: no cover - compiled
         p = p * f + np.float32(0.5)
         p = p * f + np.float32(1.0)
         p = p * f + np.float32(1.0)
-        out[i] = p
+        x[i] = p
         bits[i] = (np.int32(m) + np.int32(127)) << 23
     powers = bits[:n].view(np.float32)
     total = np.float32(0.0)
     for i in range(n):
-        e = out[i] * powers[i]
-        out[i] = e
+        e = x[i] * powers[i]
+        x[i] = e
         total += e
     return total
 
 
 @compiled
-def _splits(q, k, v, head_rows, rows, n, scale, top, total, acc, first, stop):  # pragma: no cover
-    """Items [first, stop) of (head, split): each split's maxima, weights and weighted values.
-    Head h's i-th key is row rows[h, i] of its keys, or row i when `rows` has no columns."""
-    g, d = q.shape[1], q.shape[2]
-    splits = top.shape[1]
-    picked = rows.shape[1] > 0
-    per = (n + splits - 1) // splits
+def _splits(queries, which, keys, values, head_rows, rows, items, scale, top, total, acc, first,
+            stop):  # pragma: no cover - compiled
+    """Items [first, stop) of items[i] = (segment, head, a, b, slot): the maxima, weights and weighted
+    values of keys a..b of one segment for one KV head, into slot `slot` of that head. Segment s
+    holds keys[s], values[s] (head h's rows start at h * head_rows[s]) read by queries[which[s]];
+    its i-th key for head h is row rows[s][h, i], or row i when rows[s] has no columns."""
+    g, d = queries.shape[2], queries.shape[3]
     for item in range(first, stop):
-        h, s = item // splits, item % splits
-        a, b = s * per, min(n, (s + 1) * per)
-        if a >= b:
-            continue
+        s, h, a, b, slot = items[item, 0], items[item, 1], items[item, 2], items[item, 3], items[item, 4]
+        k, v, picked_rows = keys[s], values[s], rows[s]
+        picked = picked_rows.shape[1] > 0
+        base = h * head_rows[s]
         scores = np.empty((g, b - a), np.float32)
         bits = np.empty(b - a, np.int32)
         weighted = np.zeros((g, d), np.float32)  # a fresh array: the compiler knows v does not alias it
-        qh = q[h] * scale
+        qh = queries[which[s], h] * scale
         for i in range(a, b):
-            r = h * head_rows + (rows[h, i] if picked else i)
+            r = base + (picked_rows[h, i] if picked else i)
+            if picked and i + _AHEAD < b:
+                for c in range(0, d, 16):  # one 64-byte line at a time
+                    prefetch(k, base + picked_rows[h, i + _AHEAD], c)
             for j in range(g):
                 dot = np.float32(0.0)
                 for c in range(d):
@@ -95,15 +135,18 @@ def _splits(q, k, v, head_rows, rows, n, scale, top, total, acc, first, stop):  
                 scores[j, i - a] = dot
         for j in range(g):
             best = scores[j].max()
-            top[h, s, j] = best
-            total[h, s, j] = exp_shifted(scores[j], best, bits, scores[j])
+            top[h, slot, j] = best
+            total[h, slot, j] = exp_shifted(scores[j], best, bits)
         for i in range(a, b):
-            r = h * head_rows + (rows[h, i] if picked else i)
+            r = base + (picked_rows[h, i] if picked else i)
+            if picked and i + _AHEAD < b:
+                for c in range(0, d, 16):
+                    prefetch(v, base + picked_rows[h, i + _AHEAD], c)
             for j in range(g):
                 p = scores[j, i - a]
                 for c in range(d):
                     weighted[j, c] += p * v[r, c]
-        acc[h, s] += weighted
+        acc[h, slot] += weighted
 
 
 @compiled
@@ -142,26 +185,63 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     every key, or with `rows` [Hkv, n] (each in [0, t)) head h's keys rows[h] only.
     Returns (out [1, H, 1, d], lse [1, H, 1]), or None when a layout does not suit the kernel
     (the caller then uses torch)."""
-    heads, d = k.shape[1], k.shape[3]
-    n = k.shape[2] if rows is None else rows.shape[1]
-    keys, values = _as_rows(k), _as_rows(v)
-    if keys is None or values is None or keys[1] != values[1] or n == 0:
+    return attend_segments((q,), [(0, k, v, rows)], scale)
+
+
+def attend_segments(queries: tuple[torch.Tensor, ...], segments: list[tuple], scale: float
+                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One softmax of one query position over several key segments, in one call: each segment
+    (i, k, v, rows) is read by queries[i] [1, H, 1, d] (a query rotated as that segment's keys
+    need), with k, v [1, Hkv, t, d] and rows as in `attend_one`. Returns (out, lse) as
+    `attend_one`, or None when a layout does not suit the kernel."""
+    heads, d = segments[0][1].shape[1], segments[0][1].shape[3]
+    g = queries[0].shape[1] // heads
+    keys, values, head_rows, which, picks, lengths = [], [], [], [], [], []
+    for i, k, v, rows in segments:
+        n = k.shape[2] if rows is None else rows.shape[1]
+        if n == 0:
+            continue
+        k_rows, v_rows = _as_rows(k), _as_rows(v)
+        if k_rows is None or v_rows is None or k_rows[1] != v_rows[1]:
+            return None
+        if rows is not None:  # compiled code does not check its indices
+            assert rows.shape[0] == heads and int(rows.min()) >= 0 and int(rows.max()) < k.shape[2], \
+                "rows out of range"
+        keys.append(k_rows[0])
+        values.append(v_rows[0])
+        head_rows.append(k_rows[1])
+        which.append(i)
+        picks.append(np.zeros((heads, 0), np.int64) if rows is None else rows.to(torch.int64).contiguous().numpy())
+        lengths.append(n)
+    if not lengths:
         return None
-    if rows is not None:  # compiled code does not check its indices
-        assert rows.shape[0] == heads and int(rows.min()) >= 0 and int(rows.max()) < k.shape[2], "rows out of range"
-    picked = np.zeros((heads, 0), np.int64) if rows is None else rows.to(torch.int64).contiguous().numpy()
-    g = q.shape[1] // heads
-    parallel = n * heads >= PARALLEL_MIN_ROWS
-    splits = max(1, min(-(-n // _ROWS_PER_SPLIT), 2 * threads() if parallel else 1))
-    top = np.full((heads, splits, g), -np.inf, np.float32)
-    total = np.zeros((heads, splits, g), np.float32)
-    acc = np.zeros((heads, splits, g, d), np.float32)
-    in_parallel(_splits, heads * splits, q.reshape(heads, g, d).contiguous().numpy(), keys[0], values[0],
-                keys[1], picked, n, np.float32(scale), top, total, acc, parallel=parallel)
+    items, slots, parallel = _plan(lengths, heads)
+    top = np.full((heads, slots, g), -np.inf, np.float32)
+    total = np.zeros((heads, slots, g), np.float32)
+    acc = np.zeros((heads, slots, g, d), np.float32)
+    stacked = np.stack([x.reshape(heads, g, d).numpy() for x in queries]) if len(queries) > 1 else \
+        queries[0].reshape(1, heads, g, d).contiguous().numpy()
+    in_parallel(_splits, len(items), stacked, np.array(which, np.int64), tuple(keys), tuple(values),
+                np.array(head_rows, np.int64), tuple(picks), items, np.float32(scale), top, total, acc,
+                parallel=parallel, sizes=items[:, 3] - items[:, 2])
     out = torch.empty(heads, g, d)
     lse = torch.empty(heads, g)
     _merge(top, total, acc, out.numpy(), lse.numpy())
     return out.view(1, heads * g, 1, d), lse.view(1, heads * g, 1)
+
+
+def _plan(lengths: list[int], heads: int) -> tuple[np.ndarray, int, bool]:
+    """Work items (segment, head, a, b, slot) cutting each head's keys into pieces of at most
+    about `_ROWS_PER_SPLIT` rows (one piece per thread and two per thread at most, over a
+    long context), the slots per head, and whether to share the items over threads."""
+    n = sum(lengths)
+    parallel = n * heads >= PARALLEL_MIN_ROWS
+    pieces = max(1, min(-(-n // _ROWS_PER_SPLIT), 2 * threads() if parallel else 1))
+    per = -(-n // pieces)
+    spans = [(s, a, min(a + per, length)) for s, length in enumerate(lengths) for a in range(0, length, per)]
+    items = np.array([(s, h, a, b, slot) for h in range(heads) for slot, (s, a, b) in enumerate(spans)],
+                     np.int64)
+    return items, len(spans), parallel
 
 
 @compiled
@@ -185,7 +265,7 @@ def _select(q, centroids, log_counts, counts, starts, members, budget, scale, ro
             for c in range(k):
                 weighted[c] = logits[j, c] + log_counts[h, c]
             top = weighted.max()
-            log_norm = np.float32(top + math.log(exp_shifted(weighted, top, bits, weighted)))
+            log_norm = np.float32(top + math.log(exp_shifted(weighted, top, bits)))
             for c in range(k):
                 best[c] = max(best[c], logits[j, c] - log_norm)
         probability = np.exp(best)  # one key's estimated probability, max over the query heads

@@ -38,7 +38,7 @@ from .. import kernels
 from ..attention import Partial, attend, merge
 from ..clustering import ClusterIndex, calibrate_globally
 from ..errors import LongreachError
-from ..kernels.decode import attend_one
+from ..kernels.decode import attend_one, attend_segments
 from ..kv import GrowingBuffer
 from ..kv.store import KVSegment
 from .base import MethodConfig, Policy, check, option
@@ -128,6 +128,9 @@ class SqueezedPolicy(Policy):
         # Decode time, summed over layer calls: the unclustered tokens ("other"), the lookup with its
         # exact attention over the selected keys ("lookup") and, with `time_whole_context`, exact
         # attention over every context key for the same query ("whole", not used for the output).
+        # The compiled decode step (`_decode_in_place`) attends the unclustered tokens in the same
+        # call as the selected keys: "other" is then the query's rotations, and "lookup" and
+        # "whole" each include the unclustered tokens.
         self.timing = {"other": 0.0, "lookup": 0.0, "whole": 0.0}
 
     def decode_attention_us(self) -> tuple[float, float] | None:
@@ -162,12 +165,16 @@ class SqueezedPolicy(Policy):
         started = self._clock()
         q_true = self.rope.rotate(q, positions)
         q_far = self.rope.rotate_one(q, self.n_local) if self.n_local is not None else None
+        init, memory = kv.segments.get("init"), kv.segments.get("memory")
+        if q.shape[2] == 1:
+            out = self._decode_in_place(layer, q_true, q_far, recent, init, memory, int(positions[-1]), started)
+            if out is not None:
+                return out
         parts = self._recent(q_true, q_far, recent, positions, n_past)
-        init = kv.segments.get("init")
         if init is not None and len(init):
             parts.append(attend(q_far, init.keys, init.values, scale))
         looked_up = self._clock()
-        memory, lookup_seconds = kv.segments.get("memory"), 0.0
+        lookup_seconds = 0.0
         if memory is not None and len(memory) and self.clustered():
             q_memory = q_true if q_far is None else q_far
             parts.append(self._selected(layer, memory, q_memory))
@@ -180,6 +187,41 @@ class SqueezedPolicy(Policy):
             unclustered = len(recent) + (len(init) if init is not None else 0)
             self.touched["other"] += unclustered * self.ctx.n_kv_heads
         return merge(parts)[0]
+
+    def _decode_in_place(self, layer, q_true, q_far, recent, init, memory, position, started) -> torch.Tensor | None:
+        """A decode step with InfLLM positions over a memory laid out cluster by cluster, on the CPU
+        in float32: the lookup, then one compiled call over the selected clusters (read where they
+        lie), the sinks and the unclustered tokens, with no gather and no merge. None when this
+        does not apply (the general path then runs)."""
+        if (self.n_local is None or memory is None or not len(memory) or not self.clustered()
+                or HEAD_POSITIONS not in self.store[layer].buffers
+                or not kernels.enabled(q_true, memory.keys, recent.keys)):
+            return None
+        index = self._index(layer)
+        if index.parent is not None or index.threshold is not None:
+            return None
+        # unclustered tokens at distance n_local or more sit at n_local (unrotated keys, q_far); the
+        # nearer ones keep their true positions; positions in "recent" are consecutive
+        far_end = min(max(position - self.n_local + 1 - int(recent.positions[0]), 0), len(recent))
+        rotated = recent.rotated_keys(self.rope)
+        others = [(1, recent.keys[:, :, :far_end], recent.values[:, :, :far_end], None),
+                  (0, rotated[:, :, far_end:], recent.values[:, :, far_end:], None)]
+        if init is not None and len(init):
+            others.append((1, init.keys, init.values, None))
+        looked_up = self._clock()
+        rows = self._rows_one(memory, q_far, index, self._budget(memory))
+        memory.will_read(rows)
+        got = attend_segments((q_true, q_far), [(1, memory.keys, memory.values, rows), *others], self.ctx.scale)
+        if got is None:
+            return None
+        done = self._clock()
+        self.timing["other"] += looked_up - started
+        self.timing["lookup"] += done - looked_up
+        self.touched["other"] += (len(recent) + (len(init) if init is not None else 0)) * self.ctx.n_kv_heads
+        if self.time_whole_context:  # the same call over every context key
+            attend_segments((q_true, q_far), [(1, memory.keys, memory.values, None), *others], self.ctx.scale)
+            self.timing["whole"] += self._clock() - done
+        return got[0]
 
     def _time_whole(self, layer, memory, q) -> None:
         """Time exact attention of `q` over every context key (keys read once, outside the timer)."""
@@ -225,10 +267,10 @@ class SqueezedPolicy(Policy):
     def _selected(self, layer, memory, q) -> Partial:
         """Exact attention over the context keys each KV head's lookup selects."""
         cfg, g, index = self.config, self.groups, self._index(layer)
-        budget = round(cfg.budget * len(memory)) if cfg.budget <= 1 else int(cfg.budget)
+        budget = self._budget(memory)
         if q.shape[2] == 1 and index.parent is None and index.threshold is None:
-            return self._selected_one(layer, memory, q, index, max(budget, 1))
-        picks = [index.select(q[0, h * g:(h + 1) * g], self.ctx.scale, h, max(budget, 1), cfg.coarse_slack)
+            return self._selected_one(layer, memory, q, index, budget)
+        picks = [index.select(q[0, h * g:(h + 1) * g], self.ctx.scale, h, budget, cfg.coarse_slack)
                  for h in range(self.ctx.n_kv_heads)]
         # each head reads its own rows (padded to one width): each head's memory has its own layout
         width = max(1, *(rows.numel() for rows, _, _ in picks))
@@ -251,11 +293,7 @@ class SqueezedPolicy(Policy):
     def _selected_one(self, layer, memory, q, index: ClusterIndex, budget: int) -> Partial:
         """A decode step's lookup (one query, one-level index, key budget): every KV head's rows at
         once, each head reading only its own keys, in one attention call."""
-        rows = index.select_one(q[0].view(self.ctx.n_kv_heads, self.groups, 1, -1), self.ctx.scale, budget)
-        self.touched["steps"] += 1
-        self.touched["selected"] += rows.numel()
-        self.touched["context"] += len(memory) * rows.shape[0]
-        self.touched["centroids"] += index.centroids.shape[1] * rows.shape[0]
+        rows = self._rows_one(memory, q, index, budget)
         laid_out = HEAD_POSITIONS in self.store[layer].buffers  # not a context clustered in token order
         if laid_out and self.n_local is not None and kernels.enabled(q, memory.keys):
             # unrotated keys read where they lie: the selected clusters are runs of the memory
@@ -267,6 +305,21 @@ class SqueezedPolicy(Policy):
         if self.n_local is None:  # true positions: rotate the selected keys where they are
             keys = self.rope.rotate(keys, self._positions_of(layer, memory, rows))
         return attend(q, keys, values, self.ctx.scale)
+
+    def _budget(self, memory) -> int:
+        """Context keys each KV head attends: the budget as a count (at least one)."""
+        budget = self.config.budget
+        return max(round(budget * len(memory)) if budget <= 1 else int(budget), 1)
+
+    def _rows_one(self, memory, q, index: ClusterIndex, budget: int) -> torch.Tensor:
+        """A decode step's rows [Hkv, n] of each KV head's memory, selected for q [1, H, 1, d]
+        (counted in `touched`)."""
+        rows = index.select_one(q[0].view(self.ctx.n_kv_heads, self.groups, 1, -1), self.ctx.scale, budget)
+        self.touched["steps"] += 1
+        self.touched["selected"] += rows.numel()
+        self.touched["context"] += len(memory) * rows.shape[0]
+        self.touched["centroids"] += index.centroids.shape[1] * rows.shape[0]
+        return rows
 
     def _positions_of(self, layer, memory, rows) -> torch.Tensor:
         """True positions [Hkv, m] (int64, on rows' device) of each KV head's memory rows rows[h]."""
