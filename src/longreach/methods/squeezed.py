@@ -212,8 +212,7 @@ class SqueezedPolicy(Policy):
         rows = self._rows_one(memory, q_far, index, self._budget(memory))
         memory.will_read(rows)
         got = attend_segments((q_true, q_far), [(1, memory.keys, memory.values, rows), *others], self.ctx.scale)
-        if got is None:
-            return None
+        assert got is not None, "store segments hold each head's rows contiguously, as the kernel reads them"
         done = self._clock()
         self.timing["other"] += looked_up - started
         self.timing["lookup"] += done - looked_up
