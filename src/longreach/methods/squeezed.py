@@ -24,7 +24,8 @@ Positions:
 
 Layout: once clustered, the memory holds each KV head's keys cluster by cluster (positions per
 head in the buffer "head_positions"), so the clusters a lookup selects are runs of rows; on the
-CPU a decode step attends them where they lie (`kernels`). Quantized memory keeps token order.
+CPU a decode step attends them where they lie, with the sinks and the unclustered tokens, in one
+compiled call (`kernels.decode.attend_segments`). Quantized memory keeps token order.
 """
 
 from __future__ import annotations
