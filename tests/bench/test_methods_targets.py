@@ -41,6 +41,18 @@ def test_passkey_floor_decode_cost_and_missing_cells():
     assert rows["dense+int8: KV bytes <= 0.27x of dense"] == ["", "not measured"]
 
 
+def test_decode_time_at_32k_judged_from_decode_kernels_when_measured():
+    cells = [cell("squeezed", 32768, f"passkey|{d}|0", 1.0, decode_cost_ratio=6.0, decode_attention_us=10.0,
+                  decode_attention_whole_us=45.0) for d in (0.1, 0.5, 0.9)]
+    kernel_cells = {"squeezed|32768": {"kernels_whole_us": 2000.0, "kernels_lookup_us": 1000.0},
+                    "dense|32768": {"kernels_tps": 9.0}}
+    rows = {row[0]: row[1:] for row in target_rows(cells, kernel_cells)}
+    assert rows["squeezed: decode attention >= 4x cheaper than the whole context at 32K"] == [
+        "keys 6.0x, time 4.5x", "reported"]  # the grid's few steps: reported beside the longer run
+    assert rows["squeezed: decode attention >= 4x cheaper than the whole context at 32K (decode_kernels)"] == [
+        "keys 6.0x, time 2.0x (2000 / 1000 us)", "missed"]
+
+
 def test_quantization_loss_and_bytes():
     cells = []
     for s in range(4):
