@@ -4,7 +4,7 @@ from references import FixedDistanceConfig
 
 from longreach import kernels
 from longreach.clustering import ClusterIndex, calibrate_globally, kmeans, tree_kmeans
-from longreach.kernels.decode import attend_one, attend_segments
+from longreach.kernels.decode import attend_segments
 from longreach.methods import squeezed
 from longreach.methods.squeezed import SqueezedPolicy
 from tiny import prompt_ids, tiny_hf_model, tiny_lm
@@ -363,7 +363,6 @@ def test_the_cluster_layout_changes_where_keys_lie_and_nothing_else(options, ker
     "head_positions" buffer holds each row's true position."""
     _use_kernels(monkeypatch, kernels_on)
     in_place = []
-    monkeypatch.setattr(squeezed, "attend_one", lambda *a, **kw: in_place.append(1) or attend_one(*a, **kw))
     monkeypatch.setattr(squeezed, "attend_segments",
                         lambda *a, **kw: in_place.append(1) or attend_segments(*a, **kw))
     model, context, question = tiny_hf_model(), prompt_ids(200), prompt_ids(12, seed=4)

@@ -64,7 +64,6 @@ def in_parallel(kernel, n_items: int, *args, parallel: bool = True, sizes=None) 
     if sizes is not None and n > 1:
         ends = np.cumsum(sizes)
         cuts = [0, *(int(np.searchsorted(ends, ends[-1] * i / n)) + 1 for i in range(1, n)), n_items]
-        cuts = [min(max(c, 0), n_items) for c in cuts]
     if n == 1:
         kernel(*args, 0, n_items)
         return

@@ -39,7 +39,7 @@ from .. import kernels
 from ..attention import Partial, attend, merge
 from ..clustering import ClusterIndex, calibrate_globally
 from ..errors import LongreachError
-from ..kernels.decode import attend_one, attend_segments
+from ..kernels.decode import attend_segments
 from ..kv import GrowingBuffer
 from ..kv.store import KVSegment
 from .base import MethodConfig, Policy, check, option
@@ -100,6 +100,12 @@ class SqueezedConfig(MethodConfig):
         check(ctx.store.batch == 1, "squeezed clusters one sequence (batch 1)")
         n_local = self.infllm().local_window(ctx.trained_window) if self.positions == "infllm" else None
         return SqueezedPolicy(ctx, self, n_local)
+
+
+def _beyond(recent: KVSegment, position: int, distance: int, limit: int) -> int:
+    """How many of the first `limit` tokens of `recent` (consecutive positions) lie at `distance`
+    or more before `position`."""
+    return min(max(position - distance + 1 - int(recent.positions[0]), 0), limit)
 
 
 class SqueezedPolicy(Policy):
@@ -185,8 +191,7 @@ class SqueezedPolicy(Policy):
         if q.shape[2] == 1:  # every KV head reads these (the other counters sum over KV heads too)
             self.timing["other"] += looked_up - started
             self.timing["lookup"] += lookup_seconds
-            unclustered = len(recent) + (len(init) if init is not None else 0)
-            self.touched["other"] += unclustered * self.ctx.n_kv_heads
+            self._count_unclustered(recent, init)
         return merge(parts)[0]
 
     def _decode_in_place(self, layer, q_true, q_far, recent, init, memory, position, started) -> torch.Tensor | None:
@@ -203,7 +208,7 @@ class SqueezedPolicy(Policy):
             return None
         # unclustered tokens at distance n_local or more sit at n_local (unrotated keys, q_far); the
         # nearer ones keep their true positions; positions in "recent" are consecutive
-        far_end = min(max(position - self.n_local + 1 - int(recent.positions[0]), 0), len(recent))
+        far_end = _beyond(recent, position, self.n_local, len(recent))
         rotated = recent.rotated_keys(self.rope)
         others = [(1, recent.keys[:, :, :far_end], recent.values[:, :, :far_end], None),
                   (0, rotated[:, :, far_end:], recent.values[:, :, far_end:], None)]
@@ -217,11 +222,16 @@ class SqueezedPolicy(Policy):
         done = self._clock()
         self.timing["other"] += looked_up - started
         self.timing["lookup"] += done - looked_up
-        self.touched["other"] += (len(recent) + (len(init) if init is not None else 0)) * self.ctx.n_kv_heads
+        self._count_unclustered(recent, init)
         if self.time_whole_context:  # the same call over every context key
             attend_segments((q_true, q_far), [(1, memory.keys, memory.values, None), *others], self.ctx.scale)
             self.timing["whole"] += self._clock() - done
         return got[0]
+
+    def _count_unclustered(self, recent, init) -> None:
+        """Count a decode step's unclustered keys: every KV head reads them (the other counters sum
+        over KV heads too)."""
+        self.touched["other"] += (len(recent) + (len(init) if init is not None else 0)) * self.ctx.n_kv_heads
 
     def _time_whole(self, layer, memory, q) -> None:
         """Time exact attention of `q` over every context key (keys read once, outside the timer)."""
@@ -250,14 +260,13 @@ class SqueezedPolicy(Policy):
             return [attend(q_true, keys, values, scale, mask=(distance >= 0) & (distance < window)),
                     attend(q_far, recent.keys, values, scale, mask=distance >= window)]
         parts = [attend(q_true, keys[:, :, n_past:], values[:, :, n_past:], scale, causal=True)]
-        first, p0, p1 = int(recent.positions[0]), int(positions[0]), int(positions[-1])
-        near_from = min(max(p0 - window + 1 - first, 0), n_past)
+        near_from = _beyond(recent, int(positions[0]), window, n_past)
         if near_from < n_past:
             distance = pq - recent.positions[None, near_from:n_past]
             mask = distance < window
             parts.append(attend(q_true, keys[:, :, near_from:n_past], values[:, :, near_from:n_past], scale,
                                 mask=None if bool(mask.all()) else mask))
-        far_end = min(max(p1 - window + 1 - first, 0), n_past)
+        far_end = _beyond(recent, int(positions[-1]), window, n_past)
         if far_end:
             mask = (pq - recent.positions[None, :far_end]) >= window
             far_keys, far_values, _ = recent.slice(0, far_end)
@@ -291,16 +300,10 @@ class SqueezedPolicy(Policy):
         return Partial(torch.cat([p.out for p in outs], 1), torch.cat([p.lse for p in outs], 1))
 
     def _selected_one(self, layer, memory, q, index: ClusterIndex, budget: int) -> Partial:
-        """A decode step's lookup (one query, one-level index, key budget): every KV head's rows at
-        once, each head reading only its own keys, in one attention call."""
+        """A decode step's lookup (one query, one-level index, key budget) off the compiled path
+        (`_decode_in_place`): every KV head's rows at once, gathered, each head reading only its
+        own keys, in one attention call."""
         rows = self._rows_one(memory, q, index, budget)
-        laid_out = HEAD_POSITIONS in self.store[layer].buffers  # not a context clustered in token order
-        if laid_out and self.n_local is not None and kernels.enabled(q, memory.keys):
-            # unrotated keys read where they lie: the selected clusters are runs of the memory
-            memory.will_read(rows)
-            got = attend_one(q, memory.keys, memory.values, self.ctx.scale, rows=rows)
-            if got is not None:
-                return Partial(*got)
         keys, values = memory.gather_per_head(rows, device=self.ctx.device)
         if self.n_local is None:  # true positions: rotate the selected keys where they are
             keys = self.rope.rotate(keys, self._positions_of(layer, memory, rows))
