@@ -1,10 +1,11 @@
+import numpy as np
 import pytest
 import torch
 from references import FixedDistanceConfig
 
 from longreach import kernels
 from longreach.clustering import ClusterIndex, calibrate_globally, kmeans, tree_kmeans
-from longreach.kernels.decode import attend_segments
+from longreach.kernels.decode import _take_best, attend_segments
 from longreach.methods import squeezed
 from longreach.methods.squeezed import SqueezedPolicy
 from tiny import prompt_ids, tiny_hf_model, tiny_lm
@@ -117,10 +118,10 @@ def _use_kernels(monkeypatch, on: bool) -> None:
     monkeypatch.setenv("LONGREACH_KERNELS", "1" if on else "0")
 
 
-def test_compiled_lookup_ranks_every_cluster_when_the_best_few_fall_short_and_breaks_ties_in_order(monkeypatch):
-    """The compiled lookup first ranks only the clusters as probable as the n-th best (n: two budgets
-    of average clusters); here those are single keys, too few, so it must rank them all. Equal
-    estimates (identical centroids) go to the lower cluster first, as in torch's stable sort."""
+def test_compiled_lookup_handles_uneven_clusters_and_breaks_ties_in_order(monkeypatch):
+    """One cluster of 250 keys ranked last and 50 single keys: the cut falls among the singles or
+    inside the big cluster (taken in part). Equal estimates (identical centroids) go to the lower
+    cluster first, as in torch's stable sort."""
     _use_kernels(monkeypatch, True)
     torch.manual_seed(3)
     labels = torch.cat((torch.zeros(250, dtype=torch.long), torch.arange(1, 51))).view(1, -1)  # 1 x 250, 50 x 1
@@ -137,9 +138,8 @@ def test_compiled_lookup_ranks_every_cluster_when_the_best_few_fall_short_and_br
 
 
 def test_compiled_lookup_keeps_every_tie_at_the_cut_and_takes_the_lower_clusters(monkeypatch):
-    """50 clusters of 4 keys, budget 20: the compiled lookup ranks only the clusters at least as
-    probable as the 10th best. Clusters 3..20 tie there (one centroid); 3 best ones and 2 of the
-    tied fill the budget, and the tied ones taken must be the lowest, 3 and 4."""
+    """50 clusters of 4 keys, budget 20: clusters 3..20 tie at the cut (one centroid); the 3 best
+    and 2 of the tied fill the budget, and the tied ones taken must be the lowest, 3 and 4."""
     _use_kernels(monkeypatch, True)
     torch.manual_seed(4)
     q = torch.randn(1, 1, 1, 16)
@@ -389,3 +389,26 @@ def test_the_cluster_layout_changes_where_keys_lie_and_nothing_else(options, ker
     restored.store.load_state_dict(laid_out.store.state_dict())
     restored.position = laid_out.position
     torch.testing.assert_close(restored.step(7), laid_out.step(7), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_cut_takes_the_best_clusters_in_rank_order_with_ties_and_empty_clusters(seed):
+    """The compiled cut (a binary search over the probabilities' bit patterns) against a stable
+    sort by falling probability: many exact ties, empty clusters, budgets from 1 to all but one."""
+    if kernels.numba is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(seed)
+    k = 200
+    counts = rng.integers(0, 9, k)
+    starts = np.cumsum(counts) - counts
+    members = rng.permutation(int(counts.sum()))
+    probability = (rng.integers(0, 12, k) / 16).astype(np.float32)  # ties, zeros included
+    for budget in (1, 7, int(counts.sum()) // 2, int(counts.sum()) - 1):
+        rows = np.empty(budget, np.int64)
+        _take_best(probability, counts, starts, members, budget, rows)
+        expected, left = [], budget
+        for c in sorted(range(k), key=lambda c: -probability[c]):  # stable: ties by cluster
+            take = min(int(counts[c]), left)
+            expected += members[starts[c]:starts[c] + take].tolist()
+            left -= take
+        assert sorted(rows.tolist()) == sorted(expected)

@@ -275,34 +275,40 @@ def _select(q, centroids, log_counts, counts, starts, members, budget, scale, ro
 @compiled
 def _take_best(probability, counts, starts, members, budget, rows):  # pragma: no cover
     """rows <- the members of the most probable clusters until `budget` (ties: lower cluster first;
-    the last cluster taken in part), cluster by cluster in cluster order."""
+    the last cluster taken in part), cluster by cluster in cluster order.
+
+    No sort: non-negative float32s order as their bit patterns, so a binary search over those
+    finds the cut, the highest probability p* whose clusters at or above it hold `budget` keys.
+    Every cluster above p* is taken whole, those at p* in cluster order until the budget."""
     k = probability.shape[0]
-    # The best clusters fill the budget long before the end: rank only those at least as probable
-    # as the n-th best, n two budgets' worth of average clusters; all of them if that falls short.
-    n = min(k, max(1, 2 * budget * k // max(1, counts.sum())))
-    candidates = np.arange(k)
-    if n < k:
-        cut = -np.partition(-probability, n - 1)[n - 1]
-        candidates = np.nonzero(probability >= cut)[0]  # ascending: the stable sort keeps ties in order
-        if counts[candidates].sum() < budget:
-            candidates = np.arange(k)
-    order = candidates[np.argsort(-probability[candidates], kind="mergesort")]
-    take = np.zeros(k, np.int64)
-    filled = 0
-    for c in order:
-        if filled >= budget:
-            break
-        take[c] = min(counts[c], budget - filled)
-        filled += take[c]
-    # Listed in cluster order, the order of a memory laid out cluster by cluster: neighbouring
-    # clusters (often chosen together, the tree k-means numbers a coarse cluster's ones in a row)
-    # are then read as one longer run.
+    bits = probability.view(np.int32)
+    low, high = 0, 0x7F800000  # f(low) >= budget (every cluster, m > budget keys); f(inf + 1) = 0
+    while low < high:  # f(cut) = keys in clusters at or above `cut`, non-increasing in `cut`
+        mid = low + (high - low + 1) // 2
+        held = 0
+        for c in range(k):
+            held += counts[c] if bits[c] >= mid else 0
+        if held >= budget:
+            low = mid
+        else:
+            high = mid - 1
+    left = budget  # keys still to take at the cut, once every cluster above it is counted
+    for c in range(k):
+        if bits[c] > low:
+            left -= counts[c]
     filled = 0
     for c in range(k):
+        if bits[c] > low:
+            take = counts[c]
+        elif bits[c] == low:
+            take = min(counts[c], left)
+            left -= take
+        else:
+            continue
         first = starts[c]
-        for r in range(take[c]):
+        for r in range(take):
             rows[filled + r] = members[first + r]
-        filled += take[c]
+        filled += take
 
 
 def select_rows(q: torch.Tensor, centroids: torch.Tensor, log_counts: torch.Tensor, counts: torch.Tensor,
