@@ -133,7 +133,7 @@ def target_rows(cells: list[dict], kernel_cells: dict | None = None) -> list[lis
         rows.append([*loss[:2], "reported" if loss[1] else "not measured"])
         ratio = _bytes_ratio(index, quant, base, lengths, None, f"{quant}: KV bytes vs {base} (reported)")
         rows.append([*ratio[:2], "reported" if ratio[1] else "not measured"])
-    for config in ("self_extend", "self_extend-g16", "yarn", "yarn-t1"):
+    for config in ("self_extend", "self_extend-g6", "self_extend-g16", "yarn", "yarn-t1"):
         rows.append(_passkey_at(index, config, LONG, 90.0))
         where = breaks_at(index, config)
         rows.append([f"{config}: where passkey falls below 90%", where, "reported" if where else "not measured"])
