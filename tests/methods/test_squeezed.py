@@ -350,8 +350,7 @@ def test_decode_timing_of_the_whole_context_leaves_the_output_alone(positions, k
     timing = timed.policy.timing
     assert timing["whole"] > 0 and timing["lookup"] > 0 and timing["other"] > 0
     # the compiled decode step reads the memory in place; otherwise each layer's context is read once
-    in_place = kernels_on and positions == "infllm"
-    assert len(timed.policy._whole) == (0 if in_place else lm.adapter.n_layers)
+    assert len(timed.policy._whole) == (0 if kernels_on else lm.adapter.n_layers)
 
 
 @pytest.mark.parametrize("kernels_on", [True, False])
@@ -368,12 +367,21 @@ def test_the_cluster_layout_changes_where_keys_lie_and_nothing_else(options, ker
     model, context, question = tiny_hf_model(), prompt_ids(200), prompt_ids(12, seed=4)
     lm = tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4, **options)
     got, laid_out = _question_logits(lm, context, question)
-    # decode steps of a one-level infllm index read their rows in place with the kernels on
-    assert bool(in_place) == (kernels_on and "positions" not in options and "levels" not in options)
+    # decode steps of a one-level index read their rows in place with the kernels on; with true
+    # positions, from a copy of the memory's keys rotated once (in the store, so counted and saved)
+    assert bool(in_place) == (kernels_on and "levels" not in options)
+    rotated = laid_out.store[0].buffers.get("rotated_memory")
+    assert (rotated is not None) == (bool(in_place) and "positions" in options)
+    if rotated is not None:
+        memory, head_positions = laid_out.store[0].segments["memory"], laid_out.store[0].buffers["head_positions"]
+        torch.testing.assert_close(rotated.data, laid_out.policy.rope.rotate(memory.keys, head_positions.data.long()),
+                                   rtol=0, atol=0)
     monkeypatch.setattr(SqueezedPolicy, "cluster_layout", False)
     expected, plain = _question_logits(tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4,
                                                **options), context, question)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    if rotated is not None:  # counted: the store's bytes include the copy
+        assert laid_out.store.nbytes >= plain.store.nbytes + model.config.num_hidden_layers * rotated.nbytes
     for layer in (0, model.config.num_hidden_layers - 1):
         memory, reference = laid_out.store[layer].segments["memory"], plain.store[layer].segments["memory"]
         head_positions = laid_out.store[layer].buffers["head_positions"].data

@@ -25,7 +25,9 @@ Positions:
 Layout: once clustered, the memory holds each KV head's keys cluster by cluster (positions per
 head in the buffer "head_positions"), so the clusters a lookup selects are runs of rows; on the
 CPU a decode step attends them where they lie, with the sinks and the unclustered tokens, in one
-compiled call (`kernels.decode.attend_segments`). Quantized memory keeps token order.
+compiled call (`kernels.decode.attend_segments`). With true positions that call reads a copy of
+the memory's keys rotated once at their positions (buffer "rotated_memory", counted in the
+store's bytes). Quantized memory keeps token order.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ INDEX_BUFFERS = ("centroids", "labels", "coarse", "parent", "threshold")
 # The clustered memory stores each KV head's keys cluster by cluster; this buffer [Hkv, n] holds the
 # true position of each head's rows (the segment's own positions stay in token order).
 HEAD_POSITIONS = "head_positions"
+# positions=true, compiled decode: the clustered memory's keys rotated at their true positions,
+# [1, Hkv, n, d] in the memory's layout, made at the first decode step (one more copy of the keys)
+ROTATED_MEMORY = "rotated_memory"
 
 
 @dataclass(slots=True)
@@ -195,38 +200,55 @@ class SqueezedPolicy(Policy):
         return merge(parts)[0]
 
     def _decode_in_place(self, layer, q_true, q_far, recent, init, memory, position, started) -> torch.Tensor | None:
-        """A decode step with InfLLM positions over a memory laid out cluster by cluster, on the CPU
-        in float32: the lookup, then one compiled call over the selected clusters (read where they
-        lie), the sinks and the unclustered tokens, with no gather and no merge. None when this
-        does not apply (the general path then runs)."""
-        if (self.n_local is None or memory is None or not len(memory) or not self.clustered()
+        """A decode step over a memory laid out cluster by cluster, on the CPU in float32: the
+        lookup, then one compiled call over the selected clusters (read where they lie), the sinks
+        and the unclustered tokens, with no gather and no merge. None when this does not apply
+        (the general path then runs)."""
+        if (memory is None or not len(memory) or not self.clustered()
                 or HEAD_POSITIONS not in self.store[layer].buffers
                 or not kernels.enabled(q_true, memory.keys, recent.keys)):
             return None
         index = self._index(layer)
         if index.parent is not None or index.threshold is not None:
             return None
-        # unclustered tokens at distance n_local or more sit at n_local (unrotated keys, q_far); the
-        # nearer ones keep their true positions; positions in "recent" are consecutive
-        far_end = _beyond(recent, position, self.n_local, len(recent))
         rotated = recent.rotated_keys(self.rope)
-        others = [(1, recent.keys[:, :, :far_end], recent.values[:, :, :far_end], None),
-                  (0, rotated[:, :, far_end:], recent.values[:, :, far_end:], None)]
-        if init is not None and len(init):
-            others.append((1, init.keys, init.values, None))
+        if self.n_local is None:  # true positions everywhere: one query, keys rotated where they are
+            queries, q_lookup, memory_keys = (q_true,), q_true, self._rotated_memory(layer, memory)
+            others = [(0, rotated, recent.values, None)]
+        else:
+            # unclustered tokens at distance n_local or more sit at n_local (unrotated keys, q_far);
+            # the nearer ones keep their true positions; positions in "recent" are consecutive
+            far_end = _beyond(recent, position, self.n_local, len(recent))
+            queries, q_lookup, memory_keys = (q_true, q_far), q_far, memory.keys
+            others = [(1, recent.keys[:, :, :far_end], recent.values[:, :, :far_end], None),
+                      (0, rotated[:, :, far_end:], recent.values[:, :, far_end:], None)]
+            if init is not None and len(init):
+                others.append((1, init.keys, init.values, None))
+        at = len(queries) - 1  # the query the memory's keys are read with
         looked_up = self._clock()
-        rows = self._rows_one(memory, q_far, index, self._budget(memory))
+        rows = self._rows_one(memory, q_lookup, index, self._budget(memory))
         memory.will_read(rows)
-        got = attend_segments((q_true, q_far), [(1, memory.keys, memory.values, rows), *others], self.ctx.scale)
+        got = attend_segments(queries, [(at, memory_keys, memory.values, rows), *others], self.ctx.scale)
         assert got is not None, "store segments hold each head's rows contiguously, as the kernel reads them"
         done = self._clock()
         self.timing["other"] += looked_up - started
         self.timing["lookup"] += done - looked_up
         self._count_unclustered(recent, init)
         if self.time_whole_context:  # the same call over every context key
-            attend_segments((q_true, q_far), [(1, memory.keys, memory.values, None), *others], self.ctx.scale)
+            attend_segments(queries, [(at, memory_keys, memory.values, None), *others], self.ctx.scale)
             self.timing["whole"] += self._clock() - done
         return got[0]
+
+    def _rotated_memory(self, layer, memory) -> torch.Tensor:
+        """The memory's keys rotated at their true positions, in its layout ([1, Hkv, n, d]), kept
+        in the store (the context is fixed once clustered, and a saved one is only reloaded with
+        the same method options, so the same RoPE)."""
+        buffers = self.store[layer].buffers
+        if ROTATED_MEMORY not in buffers:
+            every_row = torch.arange(len(memory), device=memory.keys.device).expand(memory.keys.shape[1], -1)
+            keys = self.rope.rotate(memory.keys, self._positions_of(layer, memory, every_row))
+            buffers[ROTATED_MEMORY] = GrowingBuffer.from_tensor(keys.contiguous())
+        return buffers[ROTATED_MEMORY].data
 
     def _count_unclustered(self, recent, init) -> None:
         """Count a decode step's unclustered keys: every KV head reads them (the other counters sum
