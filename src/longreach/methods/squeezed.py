@@ -27,7 +27,7 @@ head in the buffer "head_positions"), so the clusters a lookup selects are runs 
 CPU a decode step attends them where they lie, with the sinks and the unclustered tokens, in one
 compiled call (`kernels.decode.attend_segments`). With true positions that call reads a copy of
 the memory's keys rotated once at their positions (buffer "rotated_memory", counted in the
-store's bytes). Quantized memory keeps token order.
+store's bytes; option rotated_copy=false does without it). Quantized memory keeps token order.
 """
 
 from __future__ import annotations
@@ -79,6 +79,10 @@ class SqueezedConfig(MethodConfig):
                                             "all of them) or one per layer and head (each keeps the budget)")
     obs_window: int = option(64, "context tokens always attended (positions=true) and queries that "
                                  "calibrate the threshold")
+    rotated_copy: bool = option(True, "positions=true on the CPU: keep the context's keys rotated at their "
+                                      "positions (one more copy of them, counted in the KV bytes) so that a "
+                                      "decode step reads its clusters in one compiled call; false: rotate "
+                                      "the selected keys at every step (about 2.4x slower decode at 8K)")
     n_init: int = option(128, "positions=infllm: InfLLM sink tokens")
     n_local: int | None = option(None, "positions=infllm: InfLLM local window (default: trained window / 16)")
     block_size: int = option(128, "positions=infllm: InfLLM block size during prefill")
@@ -205,6 +209,7 @@ class SqueezedPolicy(Policy):
         and the unclustered tokens, with no gather and no merge. None when this does not apply
         (the general path then runs)."""
         if (memory is None or not len(memory) or not self.clustered()
+                or (self.n_local is None and not self.config.rotated_copy)
                 or HEAD_POSITIONS not in self.store[layer].buffers
                 or not kernels.enabled(q_true, memory.keys, recent.keys)):
             return None
