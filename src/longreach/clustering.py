@@ -201,19 +201,22 @@ class ClusterIndex:
         rows = keys.any(0).nonzero().squeeze(1)
         return rows, keys[:, rows], scored
 
-    def select_one(self, q: torch.Tensor, scale: float, budget: int) -> torch.Tensor:
-        """Decoding's lookup for every KV head at once: one query position, q [Hkv, g, 1, d], a
-        one-level index and a key budget. The keys `select` chooses for each head, as rows
+    def select_one(self, q: torch.Tensor, scale: float, budget: int, slack: float = 4.0) -> tuple[torch.Tensor, int]:
+        """Decoding's lookup for every KV head at once: one query position, q [Hkv, g, 1, d] and a
+        key budget (no threshold). The keys `select` chooses for each head, as rows
         [Hkv, min(budget, m)] cluster by cluster (in no defined order: attention does not care),
-        found from the ranked clusters' members in O(k + budget) per head instead of a pass over
-        all m keys. Compiled on the CPU (`kernels.decode.select_rows`), in torch elsewhere."""
+        and the centroids scored (summed over heads). One level: found from the ranked clusters'
+        members in O(k + budget) per head instead of a pass over all m keys. Compiled on the CPU
+        (`kernels.decode.select_rows`, one level or two), in torch elsewhere."""
         heads, m = self.labels.shape
         if budget >= m:
-            return torch.arange(m, device=self.labels.device).expand(heads, m)
+            return torch.arange(m, device=self.labels.device).expand(heads, m), 0
         if q.device.type == "cpu" and kernels.enabled(self.centroids):  # q is converted to float32
-            return select_rows(q[:, :, 0], self.centroids, self.log_counts, self.counts, self.starts,
-                               self.members, scale, budget)
-        return self._select_one_torch(q, scale, budget)
+            return select_rows(q[:, :, 0], self, scale, budget, slack)
+        if self.parent is not None:  # each head's `select`: one query keeps exactly `budget` keys
+            picks = [self.select(q[h], scale, h, budget, slack) for h in range(heads)]
+            return torch.stack([rows for rows, _, _ in picks]), sum(scored for _, _, scored in picks)
+        return self._select_one_torch(q, scale, budget), self.centroids.shape[0] * self.centroids.shape[1]
 
     def _select_one_torch(self, q: torch.Tensor, scale: float, budget: int) -> torch.Tensor:
         heads, m = self.labels.shape

@@ -94,22 +94,29 @@ def test_budget_lookup_matches_brute_force_and_is_exact(method):
         assert all(len(r) == 37 for r in got)
 
 
+@pytest.mark.parametrize("levels", [1, 2])
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("budget", [1, 37, 299, 300, 1000])
-def test_decode_lookup_of_every_head_at_once_selects_what_the_per_head_lookup_does(budget, compiled, monkeypatch):
+def test_decode_lookup_of_every_head_at_once_selects_what_the_per_head_lookup_does(budget, compiled, levels,
+                                                                                   monkeypatch):
     """`select_one` (decode: one query, members grouped by cluster; compiled or torch) against
-    `select` and by hand, budgets from one key to more than the context, the last cluster taken
-    in part."""
+    `select` and (one level) by hand, budgets from one key to more than the context, the last
+    cluster taken in part; with two levels, the coarse clusters searched cover 2 budgets, and
+    the centroids scored are counted as `select` counts them."""
     _use_kernels(monkeypatch, compiled)
     torch.manual_seed(2)
-    index = ClusterIndex.build(torch.randn(3, 300, 16), cluster_size=8, levels=1, iterations=5)
+    index = ClusterIndex.build(torch.randn(3, 300, 16), cluster_size=8, levels=levels, coarse_size=4, iterations=5)
     q = torch.randn(3, 2, 1, 16)  # 3 KV heads, 2 query heads each
-    rows = index.select_one(q, 0.25, budget)
+    rows, scored = index.select_one(q, 0.25, budget, slack=2.0)
     assert rows.shape == (3, min(budget, 300))
+    expected_scored = 0
     for head in range(3):
-        expected, mask, _ = index.select(q[head], 0.25, head, budget)
-        assert sorted(rows[head].tolist()) == expected[mask[0]].tolist() == _selected_by_hand(
-            index, q[head], 0.25, head, budget)[0]
+        expected, mask, centroids = index.select(q[head], 0.25, head, budget, slack=2.0)
+        assert sorted(rows[head].tolist()) == expected[mask[0]].tolist()
+        expected_scored += centroids
+        if levels == 1:
+            assert expected[mask[0]].tolist() == _selected_by_hand(index, q[head], 0.25, head, budget)[0]
+    assert scored == (0 if budget >= 300 else expected_scored)
 
 
 def _use_kernels(monkeypatch, on: bool) -> None:
@@ -131,9 +138,9 @@ def test_compiled_lookup_handles_uneven_clusters_and_breaks_ties_in_order(monkey
     centroids[0, 20:30] = centroids[0, 20]  # ties
     index = ClusterIndex(centroids, labels[:, torch.randperm(300)])
     for budget in (37, 60, 299):
-        assert torch.equal(index.select_one(q, 0.25, budget).sort(1).values,
+        assert torch.equal(index.select_one(q, 0.25, budget)[0].sort(1).values,
                            index._select_one_torch(q, 0.25, budget).sort(1).values)
-        assert sorted(index.select_one(q, 0.25, budget)[0].tolist()) == _selected_by_hand(
+        assert sorted(index.select_one(q, 0.25, budget)[0][0].tolist()) == _selected_by_hand(
             index, q[0], 0.25, 0, budget)[0]
 
 
@@ -148,7 +155,7 @@ def test_compiled_lookup_keeps_every_tie_at_the_cut_and_takes_the_lower_clusters
     centroids[0, :3] = torch.tensor([6.0, 5.0, 4.0])[:, None] * direction
     centroids[0, 3:21] = 2.0 * direction
     index = ClusterIndex(centroids, torch.arange(50).repeat_interleave(4).view(1, -1))
-    rows = index.select_one(q, 1.0, 20)
+    rows, _ = index.select_one(q, 1.0, 20)
     expected = torch.cat([torch.arange(c * 4, c * 4 + 4) for c in (0, 1, 2, 3, 4)])
     assert torch.equal(rows.sort(1).values[0], expected)
     assert torch.equal(index._select_one_torch(q, 1.0, 20).sort(1).values[0], expected)
@@ -368,9 +375,9 @@ def test_the_cluster_layout_changes_where_keys_lie_and_nothing_else(options, ker
     model, context, question = tiny_hf_model(), prompt_ids(200), prompt_ids(12, seed=4)
     lm = tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4, **options)
     got, laid_out = _question_logits(lm, context, question)
-    # decode steps of a one-level index read their rows in place with the kernels on; with true
-    # positions, from a copy of the memory's keys rotated once (in the store, so counted and saved)
-    assert bool(in_place) == (kernels_on and "levels" not in options and options.get("rotated_copy", True))
+    # decode steps read their rows in place with the kernels on; with true positions, from a copy
+    # of the memory's keys rotated once (in the store, so counted and saved)
+    assert bool(in_place) == (kernels_on and options.get("rotated_copy", True))
     rotated = laid_out.store[0].buffers.get("rotated_memory")
     assert (rotated is not None) == (bool(in_place) and "positions" in options)
     if rotated is not None:
@@ -414,7 +421,7 @@ def test_compiled_cut_takes_the_best_clusters_in_rank_order_with_ties_and_empty_
     probability = (rng.integers(0, 12, k) / 16).astype(np.float32)  # ties, zeros included
     for budget in (1, 7, int(counts.sum()) // 2, int(counts.sum()) - 1):
         rows = np.empty(budget, np.int64)
-        _take_best(probability, counts, starts, members, budget, rows)
+        _take_best(probability.view(np.int32), counts, starts, members, budget, rows)
         expected, left = [], budget
         for c in sorted(range(k), key=lambda c: -probability[c]):  # stable: ties by cluster
             take = min(int(counts[c]), left)

@@ -14,7 +14,8 @@ read by its own query (keys rotated differently), in one softmax and one call.
 `select_rows` is Squeezed Attention's decode lookup in one call: for each KV head, score every
 centroid for the head's query heads, estimate one key's attention probability per cluster (as
 `ClusterIndex.estimate`), rank the clusters and list the rows of the best ones until the key
-budget (the last cluster taken in part). It chooses what the torch path
+budget (the last cluster taken in part); with a coarse level, only the fine centroids inside the
+best coarse clusters are scored. It chooses what the torch path
 (`ClusterIndex.select_one`) does, up to float32 rounding (a near tie at the budget's edge may
 go either way), without that path's dozen small tensor operations (0.6 ms per layer for 3 heads
 x 2K clusters, against 0.2 ms). Both kernels live in this one file: numba's on-disk cache does not
@@ -245,44 +246,104 @@ def _plan(lengths: list[int], heads: int) -> tuple[np.ndarray, int, bool]:
 
 
 @compiled
+def _logits(q, centroids, scale, logits):  # pragma: no cover - compiled
+    """logits[j, c] = q[j] . centroids[c] * scale for q [g, d], centroids [k, d]."""
+    g, d = q.shape
+    for c in range(centroids.shape[0]):
+        for j in range(g):
+            dot = np.float32(0.0)
+            for e in range(d):
+                dot += q[j, e] * centroids[c, e]
+            logits[j, c] = dot * scale
+
+
+@compiled
+def _log_norms(logits, log_counts, norms, weighted, bits):  # pragma: no cover - compiled
+    """norms[j] = log sum_c N_c exp(logits[j, c]) (log_counts = log N_c), as a log-sum-exp."""
+    for j in range(logits.shape[0]):
+        for c in range(logits.shape[1]):
+            weighted[c] = logits[j, c] + log_counts[c]
+        top = weighted.max()
+        norms[j] = np.float32(top + math.log(exp_shifted(weighted, top, bits)))
+
+
+@compiled
 def _select(q, centroids, log_counts, counts, starts, members, budget, scale, rows):  # pragma: no cover
     heads, g, d = q.shape
     k = centroids.shape[1]
     logits = np.empty((g, k), np.float32)
+    norms = np.empty(g, np.float32)
     best = np.empty(k, np.float32)
     weighted = np.empty(k, np.float32)
     bits = np.empty(k, np.int32)
     for h in range(heads):
-        for c in range(k):
-            for j in range(g):
-                dot = np.float32(0.0)
-                for e in range(d):
-                    dot += q[h, j, e] * centroids[h, c, e]
-                logits[j, c] = dot * scale
+        _logits(q[h], centroids[h], scale, logits)
+        _log_norms(logits, log_counts[h], norms, weighted, bits)
         best[:] = -np.inf
         for j in range(g):
-            # log of the normaliser sum_c N_c exp(logit_c), as a log-sum-exp
             for c in range(k):
-                weighted[c] = logits[j, c] + log_counts[h, c]
-            top = weighted.max()
-            log_norm = np.float32(top + math.log(exp_shifted(weighted, top, bits)))
-            for c in range(k):
-                best[c] = max(best[c], logits[j, c] - log_norm)
+                best[c] = max(best[c], logits[j, c] - norms[j])
         probability = np.exp(best)  # one key's estimated probability, max over the query heads
-        _take_best(probability, counts[h], starts[h], members[h], budget, rows[h])
+        _take_best(probability.view(np.int32), counts[h], starts[h], members[h], budget, rows[h])
 
 
 @compiled
-def _take_best(probability, counts, starts, members, budget, rows):  # pragma: no cover
-    """rows <- the members of the most probable clusters until `budget` (ties: lower cluster first;
-    the last cluster taken in part), cluster by cluster in cluster order.
+def _select_two(q, centroids, counts, starts, members, parent, coarse, coarse_log_counts, coarse_counts,
+                budget, slack_keys, scale, rows, scored):  # pragma: no cover - compiled
+    """`_select` through a coarse level: per head, the coarse clusters ranked until `slack_keys`
+    keys (the one crossing it included), then only the fine clusters inside them scored, against
+    the coarse level's normaliser; the others rank after every scored one."""
+    heads, g, d = q.shape
+    k, kc = centroids.shape[1], coarse.shape[1]
+    logits = np.empty((g, kc), np.float32)
+    norms = np.empty(g, np.float32)
+    weighted = np.empty(kc, np.float32)
+    bits = np.empty(kc, np.int32)
+    best = np.empty(kc, np.float32)
+    fine = np.empty(k, np.float32)
+    taken = np.empty(kc, np.bool_)
+    for h in range(heads):
+        _logits(q[h], coarse[h], scale, logits)
+        _log_norms(logits, coarse_log_counts[h], norms, weighted, bits)
+        best[:] = -np.inf
+        for j in range(g):
+            for c in range(kc):
+                best[c] = max(best[c], logits[j, c] - norms[j])
+        held = 0
+        for c in np.argsort(-np.exp(best), kind="mergesort"):  # stable: ties go to the lower cluster
+            taken[c] = held < slack_keys
+            held += coarse_counts[h, c]
+        scored[h] = kc
+        qh, own, up = q[h], centroids[h], parent[h]
+        for c in range(k):
+            fine[c] = -np.inf
+            if not taken[up[c]]:
+                continue
+            scored[h] += 1
+            for j in range(g):
+                dot = np.float32(0.0)
+                for e in range(d):
+                    dot += qh[j, e] * own[c, e]
+                fine[c] = max(fine[c], dot * scale - norms[j])
+        probability = np.exp(fine)
+        ranks = probability.view(np.int32)
+        for c in range(k):  # scored ones above every cluster not scored (then in cluster order)
+            ranks[c] = ranks[c] + 1 if taken[up[c]] else 0
+        _take_best(ranks, counts[h], starts[h], members[h], budget, rows[h])
 
-    No sort: non-negative float32s order as their bit patterns, so a binary search over those
-    finds the cut, the highest probability p* whose clusters at or above it hold `budget` keys.
-    Every cluster above p* is taken whole, those at p* in cluster order until the budget."""
-    k = probability.shape[0]
-    bits = probability.view(np.int32)
-    low, high = 0, 0x7F800000  # f(low) >= budget (every cluster, m > budget keys); f(inf + 1) = 0
+
+@compiled
+def _take_best(bits, counts, starts, members, budget, rows):  # pragma: no cover
+    """rows <- the members of the best-ranked clusters until `budget` (ties: lower cluster first;
+    the last cluster taken in part), cluster by cluster in cluster order. `bits` [k] ranks the
+    clusters, higher first: non-negative int32s, e.g. the bit patterns of their estimated
+    probabilities (non-negative float32s order as their bits do).
+
+    No sort: a binary search over those finds the cut, the highest rank r* whose clusters at or
+    above it hold `budget` keys. Every cluster above r* is taken whole, those at r* in cluster
+    order until the budget."""
+    k = bits.shape[0]
+    low, high = 0, 0x7FFFFFFF  # f(low) >= budget (every cluster, m > budget keys); f(max + 1) = 0
     while low < high:  # f(cut) = keys in clusters at or above `cut`, non-increasing in `cut`
         mid = low + (high - low + 1) // 2
         held = 0
@@ -305,18 +366,26 @@ def _take_best(probability, counts, starts, members, budget, rows):  # pragma: n
             left -= take
         else:
             continue
+        take = max(0, min(take, budget - filled))  # never past `rows` (compiled code does not check bounds)
         first = starts[c]
         for r in range(take):
             rows[filled + r] = members[first + r]
         filled += take
 
 
-def select_rows(q: torch.Tensor, centroids: torch.Tensor, log_counts: torch.Tensor, counts: torch.Tensor,
-                starts: torch.Tensor, members: torch.Tensor, scale: float, budget: int) -> torch.Tensor:
-    """Rows [Hkv, budget] each KV head attends for queries q [Hkv, g, d] (budget < the rows stored):
-    the index's tensors as `ClusterIndex` keeps them, on the CPU."""
+def select_rows(q: torch.Tensor, index, scale: float, budget: int, slack: float = 4.0) -> tuple[torch.Tensor, int]:
+    """Rows [Hkv, budget] each KV head attends for queries q [Hkv, g, d] (budget < the rows stored)
+    from a `ClusterIndex` on the CPU, one level or two (`slack`: the coarse clusters searched cover
+    this many budgets), and the centroids scored, summed over heads."""
     rows = np.empty((q.shape[0], budget), np.int64)
-    _select(q.float().contiguous().numpy(), centroids.float().contiguous().numpy(),
-            log_counts.contiguous().numpy(), counts.contiguous().numpy(), starts.contiguous().numpy(),
-            members.contiguous().numpy(), budget, np.float32(scale), rows)
-    return torch.from_numpy(rows)
+    q = q.float().contiguous().numpy()
+    fine = (index.centroids.float().contiguous().numpy(), index.counts.contiguous().numpy(),
+            index.starts.contiguous().numpy(), index.members.contiguous().numpy())
+    if index.parent is None:
+        _select(q, fine[0], index.log_counts.contiguous().numpy(), *fine[1:], budget, np.float32(scale), rows)
+        return torch.from_numpy(rows), fine[0].shape[0] * fine[0].shape[1]
+    scored = np.zeros(q.shape[0], np.int64)
+    _select_two(q, *fine, index.parent.contiguous().numpy(), index.coarse.float().contiguous().numpy(),
+                index.coarse_counts.float().log().numpy(), index.coarse_counts.contiguous().numpy(),
+                budget, float(slack * budget), np.float32(scale), rows, scored)
+    return torch.from_numpy(rows), int(scored.sum())

@@ -214,7 +214,7 @@ class SqueezedPolicy(Policy):
                 or not kernels.enabled(q_true, memory.keys, recent.keys)):
             return None
         index = self._index(layer)
-        if index.parent is not None or index.threshold is not None:
+        if index.threshold is not None:
             return None
         rotated = recent.rotated_keys(self.rope)
         if self.n_local is None:  # true positions everywhere: one query, keys rotated where they are
@@ -304,7 +304,7 @@ class SqueezedPolicy(Policy):
         """Exact attention over the context keys each KV head's lookup selects."""
         cfg, g, index = self.config, self.groups, self._index(layer)
         budget = self._budget(memory)
-        if q.shape[2] == 1 and index.parent is None and index.threshold is None:
+        if q.shape[2] == 1 and index.threshold is None:
             return self._selected_one(layer, memory, q, index, budget)
         picks = [index.select(q[0, h * g:(h + 1) * g], self.ctx.scale, h, budget, cfg.coarse_slack)
                  for h in range(self.ctx.n_kv_heads)]
@@ -327,7 +327,7 @@ class SqueezedPolicy(Policy):
         return Partial(torch.cat([p.out for p in outs], 1), torch.cat([p.lse for p in outs], 1))
 
     def _selected_one(self, layer, memory, q, index: ClusterIndex, budget: int) -> Partial:
-        """A decode step's lookup (one query, one-level index, key budget) off the compiled path
+        """A decode step's lookup (one query, key budget, one level or two) off the compiled path
         (`_decode_in_place`): every KV head's rows at once, gathered, each head reading only its
         own keys, in one attention call."""
         rows = self._rows_one(memory, q, index, budget)
@@ -344,11 +344,12 @@ class SqueezedPolicy(Policy):
     def _rows_one(self, memory, q, index: ClusterIndex, budget: int) -> torch.Tensor:
         """A decode step's rows [Hkv, n] of each KV head's memory, selected for q [1, H, 1, d]
         (counted in `touched`)."""
-        rows = index.select_one(q[0].view(self.ctx.n_kv_heads, self.groups, 1, -1), self.ctx.scale, budget)
+        rows, scored = index.select_one(q[0].view(self.ctx.n_kv_heads, self.groups, 1, -1), self.ctx.scale,
+                                        budget, self.config.coarse_slack)
         self.touched["steps"] += 1
         self.touched["selected"] += rows.numel()
         self.touched["context"] += len(memory) * rows.shape[0]
-        self.touched["centroids"] += index.centroids.shape[1] * rows.shape[0]
+        self.touched["centroids"] += scored
         return rows
 
     def _positions_of(self, layer, memory, rows) -> torch.Tensor:
