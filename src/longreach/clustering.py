@@ -205,9 +205,9 @@ class ClusterIndex:
         """Decoding's lookup for every KV head at once: one query position, q [Hkv, g, 1, d] and a
         key budget (no threshold). The keys `select` chooses for each head, as rows
         [Hkv, min(budget, m)] cluster by cluster (in no defined order: attention does not care),
-        and the centroids scored (summed over heads). One level: found from the ranked clusters'
-        members in O(k + budget) per head instead of a pass over all m keys. Compiled on the CPU
-        (`kernels.decode.select_rows`, one level or two), in torch elsewhere."""
+        and the centroids scored (summed over heads), found from the ranked clusters' members
+        without a pass over all m keys. Compiled on the CPU (`kernels.decode.select_rows`, one level
+        or two); elsewhere in torch (two levels: each head's `select`)."""
         heads, m = self.labels.shape
         if budget >= m:
             return torch.arange(m, device=self.labels.device).expand(heads, m), 0

@@ -363,6 +363,7 @@ def test_decode_timing_of_the_whole_context_leaves_the_output_alone(positions, k
 @pytest.mark.parametrize("kernels_on", [True, False])
 @pytest.mark.parametrize("options", [SMALL_INFLLM, {**SMALL_INFLLM, "levels": 2},
                                      {"positions": "true", "obs_window": 8},
+                                     {"positions": "true", "obs_window": 8, "levels": 2},
                                      {"positions": "true", "obs_window": 8, "rotated_copy": False}])
 def test_the_cluster_layout_changes_where_keys_lie_and_nothing_else(options, kernels_on, monkeypatch):
     """Each head's memory stored cluster by cluster (read in place by the kernel, or gathered)
@@ -419,12 +420,42 @@ def test_compiled_cut_takes_the_best_clusters_in_rank_order_with_ties_and_empty_
     starts = np.cumsum(counts) - counts
     members = rng.permutation(int(counts.sum()))
     probability = (rng.integers(0, 12, k) / 16).astype(np.float32)  # ties, zeros included
+    ranks = probability.view(np.int32).copy()
+    ranks[probability == 0] = rng.choice([0, -1, -(2**31)], int((probability == 0).sum()))  # NaN-like: as 0
     for budget in (1, 7, int(counts.sum()) // 2, int(counts.sum()) - 1):
-        rows = np.empty(budget, np.int64)
-        _take_best(probability.view(np.int32), counts, starts, members, budget, rows)
+        rows = np.full(budget, -1, np.int64)
+        _take_best(ranks, counts, starts, members, budget, rows)
         expected, left = [], budget
         for c in sorted(range(k), key=lambda c: -probability[c]):  # stable: ties by cluster
             take = min(int(counts[c]), left)
             expected += members[starts[c]:starts[c] + take].tolist()
             left -= take
         assert sorted(rows.tolist()) == sorted(expected)
+
+
+@pytest.mark.parametrize("rotated_copy", [True, False])
+def test_true_positions_keep_the_rotated_copy_from_the_clustering_on(rotated_copy, monkeypatch):
+    """The rotated copy is made when the context is clustered, so the session a question forks
+    from (and a saved context) has it and a fork reads the same; rotated_copy=false keeps none
+    and decodes the same logits the slower way, timer included; the option does not change what
+    a saved memory must match."""
+    _use_kernels(monkeypatch, True)
+    model = tiny_hf_model()
+    lm = tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4, positions="true", obs_window=8,
+                 rotated_copy=rotated_copy)
+    session = lm.new_session()
+    session.prefill(prompt_ids(200), chunk=64)
+    assert ("rotated_memory" in session.store[0].buffers) == rotated_copy
+    fork = session.fork()
+    fork.policy.time_whole_context = True
+    fork.prefill(prompt_ids(6, seed=4), chunk=4)
+    got = torch.stack([fork.step(t) for t in (7, 8, 9)])
+    assert fork.policy.timing["whole"] > 0
+    other = tiny_lm(method="squeezed", model=model, budget=0.25, cluster_size=4, positions="true",
+                    obs_window=8, rotated_copy=not rotated_copy)
+    plain = other.new_session()
+    plain.prefill(prompt_ids(200), chunk=64)
+    plain.prefill(prompt_ids(6, seed=4), chunk=4)
+    torch.testing.assert_close(got, torch.stack([plain.step(t) for t in (7, 8, 9)]), rtol=1e-5, atol=1e-6)
+    assert "rotated_copy" in lm.method.to_dict() and "rotated_copy" not in lm.method.memory_options()
+    assert lm.method.memory_options() == other.method.memory_options()

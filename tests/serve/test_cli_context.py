@@ -53,8 +53,8 @@ def test_squeezed_reads_a_file_as_a_fixed_document_like_a_stored_context(capsys,
                 "-o", "block_size=16", "-o", "n_init=4", "-o", "exec_block=32", "--prefill-chunk", "64"]
     assert _run(capsys, ["context", "add", str(doc), "--name", "m", *store, *squeezed])[0] == 0
     question = ["--question", "What is the warranty period?", "--max-new-tokens", "8"]
-    code, from_context, _ = _run(capsys, ["ask", "--context", "m", *question, *store, *squeezed])
-    assert code == 0
+    code, from_context, err = _run(capsys, ["ask", "--context", "m", *question, *store, *squeezed])
+    assert code == 0, err
     code, from_file, _ = _run(capsys, ["ask", "--file", str(doc), *question, *squeezed])
     assert code == 0 and from_file == from_context
 

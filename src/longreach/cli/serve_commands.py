@@ -201,7 +201,7 @@ def run_ask_context(args, stream_out):
     manifest = store.manifest(validate_id(args.context))
     saved = manifest.model_fingerprint
     wanted = method_config(args.method, parse_options(args.option))
-    if (wanted.name, _jsonable(wanted.to_dict())) != (saved.method, saved.method_options):
+    if (wanted.name, _jsonable(wanted.memory_options())) != (saved.method, saved.method_options):
         options = " ".join(f"-o {k}={v}" for k, v in saved.method_options.items() if v is not None)
         raise LongreachError(f"context {args.context!r} was added with {saved.describe()}; "
                              f"run with --method {saved.method} {options}".rstrip())

@@ -15,11 +15,11 @@ read by its own query (keys rotated differently), in one softmax and one call.
 centroid for the head's query heads, estimate one key's attention probability per cluster (as
 `ClusterIndex.estimate`), rank the clusters and list the rows of the best ones until the key
 budget (the last cluster taken in part); with a coarse level, only the fine centroids inside the
-best coarse clusters are scored. It chooses what the torch path
-(`ClusterIndex.select_one`) does, up to float32 rounding (a near tie at the budget's edge may
-go either way), without that path's dozen small tensor operations (0.6 ms per layer for 3 heads
-x 2K clusters, against 0.2 ms). Both kernels live in this one file: numba's on-disk cache does not
-notice a change to a compiled function called from another file.
+best coarse clusters are scored. It chooses what the torch path does (`ClusterIndex.select_one`
+with one level, `ClusterIndex.select` with two), up to float32 rounding (a near tie at the
+budget's edge may go either way), without that path's dozen small tensor operations. Both
+kernels live in this one file: numba's on-disk cache does not notice a change to a compiled
+function called from another file.
 """
 
 from __future__ import annotations
@@ -336,15 +336,15 @@ def _select_two(q, centroids, counts, starts, members, parent, coarse, coarse_lo
 def _take_best(bits, counts, starts, members, budget, rows):  # pragma: no cover
     """rows <- the members of the best-ranked clusters until `budget` (ties: lower cluster first;
     the last cluster taken in part), cluster by cluster in cluster order. `bits` [k] ranks the
-    clusters, higher first: non-negative int32s, e.g. the bit patterns of their estimated
-    probabilities (non-negative float32s order as their bits do).
+    clusters, higher first: int32s, e.g. the bit patterns of their estimated probabilities
+    (non-negative float32s order as their bits do); a negative one (a NaN's) ranks as 0.
 
-    No sort: a binary search over those finds the cut, the highest rank r* whose clusters at or
-    above it hold `budget` keys. Every cluster above r* is taken whole, those at r* in cluster
-    order until the budget."""
+    No sort: a binary search over the ranks finds the cut, the highest rank r* whose clusters at
+    or above it hold at least `budget` keys. Every cluster above r* is taken whole, those at r*
+    in cluster order until the budget: exactly `budget` rows when the clusters hold more keys."""
     k = bits.shape[0]
     low, high = 0, 0x7FFFFFFF  # f(low) >= budget (every cluster, m > budget keys); f(max + 1) = 0
-    while low < high:  # f(cut) = keys in clusters at or above `cut`, non-increasing in `cut`
+    while low < high:  # f(cut) = keys in clusters ranked at or above `cut`, non-increasing in `cut`
         mid = low + (high - low + 1) // 2
         held = 0
         for c in range(k):
@@ -359,9 +359,10 @@ def _take_best(bits, counts, starts, members, budget, rows):  # pragma: no cover
             left -= counts[c]
     filled = 0
     for c in range(k):
-        if bits[c] > low:
+        rank = max(bits[c], 0)
+        if rank > low:
             take = counts[c]
-        elif bits[c] == low:
+        elif rank == low:
             take = min(counts[c], left)
             left -= take
         else:

@@ -59,7 +59,7 @@ class Fingerprint:
     def of(cls, lm) -> Fingerprint:
         """The fingerprint of a LongLM (hashes a sample of every weight; about 0.1 s for 135M params)."""
         return cls(_model_hash(lm), str(lm.adapter.dtype).removeprefix("torch."), lm.method.name,
-                   _jsonable(lm.method.to_dict()))
+                   _jsonable(lm.method.memory_options()))
 
     def describe(self) -> str:
         options = ", ".join(f"{k}={v}" for k, v in sorted(self.method_options.items()))

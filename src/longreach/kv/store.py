@@ -218,11 +218,11 @@ class KVSegment:
         elif self._adopted:
             will_need_rows(self._values[:, :, self._start:self._end], index)
 
-    def will_read(self, index: torch.Tensor) -> None:
-        """About to read the keys and values at `index` ([Hkv, m] rows per head) where they lie (a
-        compiled kernel): a mapped file still on disk is asked for them first."""
+    def will_read(self, index: torch.Tensor, keys: bool = True) -> None:
+        """About to read the keys (unless not `keys`) and values at `index` ([Hkv, m] rows per head)
+        where they lie (a compiled kernel): a mapped file still on disk is asked for them first."""
         self._hint_values(index)
-        if self._on_disk and self._adopted and self._base is None:
+        if keys and self._on_disk and self._adopted and self._base is None:
             will_need_rows(self._keys[:, :, self._start:self._end], index)
 
     def reorder_per_head(self, order: torch.Tensor) -> None:

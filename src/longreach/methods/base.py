@@ -143,6 +143,11 @@ class MethodConfig:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def memory_options(self) -> dict:
+        """The options a stored memory depends on: every one but those declared `runtime` (how a
+        memory is read, not what it holds), so that a saved context outlives them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("runtime")}
+
     def build(self, ctx: MethodContext) -> Policy:
         raise NotImplementedError
 

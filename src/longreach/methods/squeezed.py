@@ -43,6 +43,7 @@ from ..clustering import ClusterIndex, calibrate_globally
 from ..errors import LongreachError
 from ..kernels.decode import attend_segments
 from ..kv import GrowingBuffer
+from ..kv.rows import rows_of
 from ..kv.store import KVSegment
 from .base import MethodConfig, Policy, check, option
 from .infllm import InfLLMConfig
@@ -52,7 +53,8 @@ INDEX_BUFFERS = ("centroids", "labels", "coarse", "parent", "threshold")
 # true position of each head's rows (the segment's own positions stay in token order).
 HEAD_POSITIONS = "head_positions"
 # positions=true, compiled decode: the clustered memory's keys rotated at their true positions,
-# [1, Hkv, n, d] in the memory's layout, made at the first decode step (one more copy of the keys)
+# [1, Hkv, n, d] in the memory's layout (one more copy of the keys), made when the context is
+# clustered (from the rotation the clustering needs) and saved with it
 ROTATED_MEMORY = "rotated_memory"
 
 
@@ -80,9 +82,10 @@ class SqueezedConfig(MethodConfig):
     obs_window: int = option(64, "context tokens always attended (positions=true) and queries that "
                                  "calibrate the threshold")
     rotated_copy: bool = option(True, "positions=true on the CPU: keep the context's keys rotated at their "
-                                      "positions (one more copy of them, counted in the KV bytes) so that a "
-                                      "decode step reads its clusters in one compiled call; false: rotate "
-                                      "the selected keys at every step (about 2.4x slower decode at 8K)")
+                                      "positions (one more copy of them, counted in the KV bytes and saved "
+                                      "with the context) so that a decode step reads its clusters in one "
+                                      "compiled call; false: rotate the selected keys at every step (about "
+                                      "2.4x slower decode at 8K)", runtime=True)
     n_init: int = option(128, "positions=infllm: InfLLM sink tokens")
     n_local: int | None = option(None, "positions=infllm: InfLLM local window (default: trained window / 16)")
     block_size: int = option(128, "positions=infllm: InfLLM block size during prefill")
@@ -145,8 +148,9 @@ class SqueezedPolicy(Policy):
         # exact attention over the selected keys ("lookup") and, with `time_whole_context`, exact
         # attention over every context key for the same query ("whole", not used for the output).
         # The compiled decode step (`_decode_in_place`) attends the unclustered tokens in the same
-        # call as the selected keys: "other" is then the query's rotations, and "lookup" and
-        # "whole" each include the unclustered tokens.
+        # call as the selected keys: "other" is then the query's rotations and the step's
+        # bookkeeping (the newest key's rotation among them), and "lookup" and "whole" each
+        # include the unclustered tokens.
         self.timing = {"other": 0.0, "lookup": 0.0, "whole": 0.0}
 
     def decode_attention_us(self) -> tuple[float, float] | None:
@@ -209,7 +213,7 @@ class SqueezedPolicy(Policy):
         and the unclustered tokens, with no gather and no merge. None when this does not apply
         (the general path then runs)."""
         if (memory is None or not len(memory) or not self.clustered()
-                or (self.n_local is None and not self.config.rotated_copy)
+                or (self.n_local is None and not self._keeps_rotated_copy(memory))
                 or HEAD_POSITIONS not in self.store[layer].buffers
                 or not kernels.enabled(q_true, memory.keys, recent.keys)):
             return None
@@ -232,7 +236,7 @@ class SqueezedPolicy(Policy):
         at = len(queries) - 1  # the query the memory's keys are read with
         looked_up = self._clock()
         rows = self._rows_one(memory, q_lookup, index, self._budget(memory))
-        memory.will_read(rows)
+        memory.will_read(rows, keys=self.n_local is not None)  # true positions read the rotated copy
         got = attend_segments(queries, [(at, memory_keys, memory.values, rows), *others], self.ctx.scale)
         assert got is not None, "store segments hold each head's rows contiguously, as the kernel reads them"
         done = self._clock()
@@ -244,12 +248,19 @@ class SqueezedPolicy(Policy):
             self.timing["whole"] += self._clock() - done
         return got[0]
 
+    def _keeps_rotated_copy(self, memory) -> bool:
+        """positions=true: whether the memory's keys are kept rotated (for the compiled decode step)."""
+        return self.config.rotated_copy and self.ctx.device.type == "cpu" and kernels.enabled(memory.keys)
+
     def _rotated_memory(self, layer, memory) -> torch.Tensor:
         """The memory's keys rotated at their true positions, in its layout ([1, Hkv, n, d]), kept
-        in the store (the context is fixed once clustered, and a saved one is only reloaded with
-        the same method options, so the same RoPE)."""
+        in the store: made when the context is clustered, or here for a context saved without it
+        (the context is fixed once clustered, and a saved one is only reloaded with the same
+        RoPE: its fingerprint holds the method's options)."""
         buffers = self.store[layer].buffers
-        if ROTATED_MEMORY not in buffers:
+        if ROTATED_MEMORY in buffers:
+            assert buffers[ROTATED_MEMORY].data.shape == memory.keys.shape, "a rotated copy of this memory"
+        else:
             every_row = torch.arange(len(memory), device=memory.keys.device).expand(memory.keys.shape[1], -1)
             keys = self.rope.rotate(memory.keys, self._positions_of(layer, memory, every_row))
             buffers[ROTATED_MEMORY] = GrowingBuffer.from_tensor(keys.contiguous())
@@ -396,6 +407,9 @@ class SqueezedPolicy(Policy):
                 kv.buffers[HEAD_POSITIONS] = GrowingBuffer.from_tensor(
                     positions[order].to(self.ctx.device, torch.int32))  # beside the other index tensors
                 memory.reorder_per_head(order)
+                if self.n_local is None and self._keeps_rotated_copy(memory):
+                    kv.buffers[ROTATED_MEMORY] = GrowingBuffer.from_tensor(
+                        rows_of(keys.to(memory.device), order).contiguous())
                 index = index.in_cluster_order()
             if cfg.selection == "threshold" and len(memory):
                 budget = round(cfg.budget * len(memory)) if cfg.budget <= 1 else int(cfg.budget)
