@@ -268,21 +268,31 @@ def _log_norms(logits, log_counts, norms, weighted, bits):  # pragma: no cover -
 
 
 @compiled
+def _log_estimates(q, centroids, log_counts, scale, logits, norms, weighted, bits, best):  # pragma: no cover
+    """best[c] <- log of one key's estimated probability in cluster c (`ClusterIndex.estimate`),
+    max over the query heads q [g, d]; norms[j] <- query head j's log normaliser."""
+    _logits(q, centroids, scale, logits)
+    _log_norms(logits, log_counts, norms, weighted, bits)
+    best[:] = -np.inf
+    for j in range(logits.shape[0]):
+        for c in range(logits.shape[1]):
+            best[c] = max(best[c], logits[j, c] - norms[j])
+
+
+@compiled
+def _scratch(g, k):  # pragma: no cover - compiled
+    """`_log_estimates`' work arrays for g query heads and k clusters: logits, norms, weighted,
+    bits, best."""
+    return (np.empty((g, k), np.float32), np.empty(g, np.float32), np.empty(k, np.float32),
+            np.empty(k, np.int32), np.empty(k, np.float32))
+
+
+@compiled
 def _select(q, centroids, log_counts, counts, starts, members, budget, scale, rows):  # pragma: no cover
-    heads, g, d = q.shape
-    k = centroids.shape[1]
-    logits = np.empty((g, k), np.float32)
-    norms = np.empty(g, np.float32)
-    best = np.empty(k, np.float32)
-    weighted = np.empty(k, np.float32)
-    bits = np.empty(k, np.int32)
+    heads, g = q.shape[0], q.shape[1]
+    logits, norms, weighted, bits, best = _scratch(g, centroids.shape[1])
     for h in range(heads):
-        _logits(q[h], centroids[h], scale, logits)
-        _log_norms(logits, log_counts[h], norms, weighted, bits)
-        best[:] = -np.inf
-        for j in range(g):
-            for c in range(k):
-                best[c] = max(best[c], logits[j, c] - norms[j])
+        _log_estimates(q[h], centroids[h], log_counts[h], scale, logits, norms, weighted, bits, best)
         probability = np.exp(best)  # one key's estimated probability, max over the query heads
         _take_best(probability.view(np.int32), counts[h], starts[h], members[h], budget, rows[h])
 
@@ -295,20 +305,11 @@ def _select_two(q, centroids, counts, starts, members, parent, coarse, coarse_lo
     the coarse level's normaliser; the others rank after every scored one."""
     heads, g, d = q.shape
     k, kc = centroids.shape[1], coarse.shape[1]
-    logits = np.empty((g, kc), np.float32)
-    norms = np.empty(g, np.float32)
-    weighted = np.empty(kc, np.float32)
-    bits = np.empty(kc, np.int32)
-    best = np.empty(kc, np.float32)
+    logits, norms, weighted, bits, best = _scratch(g, kc)
     fine = np.empty(k, np.float32)
     taken = np.empty(kc, np.bool_)
     for h in range(heads):
-        _logits(q[h], coarse[h], scale, logits)
-        _log_norms(logits, coarse_log_counts[h], norms, weighted, bits)
-        best[:] = -np.inf
-        for j in range(g):
-            for c in range(kc):
-                best[c] = max(best[c], logits[j, c] - norms[j])
+        _log_estimates(q[h], coarse[h], coarse_log_counts[h], scale, logits, norms, weighted, bits, best)
         held = 0
         for c in np.argsort(-np.exp(best), kind="mergesort"):  # stable: ties go to the lower cluster
             taken[c] = held < slack_keys
