@@ -143,6 +143,7 @@ class ClusterIndex:
         if parent is not None:
             self.coarse_counts = torch.zeros(parent.shape[0], coarse.shape[1], dtype=torch.long,
                                              device=parent.device).scatter_add_(1, parent, self.counts)
+            self.coarse_log_counts = self.coarse_counts.float().log()
 
     @classmethod
     def build(cls, points: torch.Tensor, cluster_size: int, levels: int = 1, coarse_size: int = 16,
@@ -184,7 +185,7 @@ class ClusterIndex:
         else:
             coarse_logits = (q.float() @ self.coarse[head].float().T) * scale
             coarse_counts = self.coarse_counts[head]
-            log_norm = torch.logsumexp(coarse_logits + coarse_counts.float().log(), -1, keepdim=True)
+            log_norm = torch.logsumexp(coarse_logits + self.coarse_log_counts[head], -1, keepdim=True)
             coarse_p = (coarse_logits - log_norm).exp().amax(0)
             taken = _keys_before(coarse_p, coarse_counts) < slack * budget  # [n, kc]
             allowed = taken[:, self.parent[head]]  # [n, k]

@@ -388,6 +388,6 @@ def select_rows(q: torch.Tensor, index, scale: float, budget: int, slack: float 
         return torch.from_numpy(rows), fine[0].shape[0] * fine[0].shape[1]
     scored = np.zeros(q.shape[0], np.int64)
     _select_two(q, *fine, index.parent.contiguous().numpy(), index.coarse.float().contiguous().numpy(),
-                index.coarse_counts.float().log().numpy(), index.coarse_counts.contiguous().numpy(),
+                index.coarse_log_counts.contiguous().numpy(), index.coarse_counts.contiguous().numpy(),
                 budget, float(slack * budget), np.float32(scale), rows, scored)
     return torch.from_numpy(rows), int(scored.sum())

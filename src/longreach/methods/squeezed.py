@@ -261,10 +261,15 @@ class SqueezedPolicy(Policy):
         if ROTATED_MEMORY in buffers:
             assert buffers[ROTATED_MEMORY].data.shape == memory.keys.shape, "a rotated copy of this memory"
         else:
-            every_row = torch.arange(len(memory), device=memory.keys.device).expand(memory.keys.shape[1], -1)
-            keys = self.rope.rotate(memory.keys, self._positions_of(layer, memory, every_row))
+            keys = self._keys_at_true_positions(layer, memory, memory.keys.device)
             buffers[ROTATED_MEMORY] = GrowingBuffer.from_tensor(keys.contiguous())
         return buffers[ROTATED_MEMORY].data
+
+    def _keys_at_true_positions(self, layer, memory, device) -> torch.Tensor:
+        """Every memory key rotated at its true position, in the memory's layout [1, Hkv, n, d], on `device`."""
+        keys = memory.keys.to(device)
+        every_row = torch.arange(len(memory), device=device).expand(keys.shape[1], -1)
+        return self.rope.rotate(keys, self._positions_of(layer, memory, every_row))
 
     def _count_unclustered(self, recent, init) -> None:
         """Count a decode step's unclustered keys: every KV head reads them (the other counters sum
@@ -274,11 +279,9 @@ class SqueezedPolicy(Policy):
     def _time_whole(self, layer, memory, q) -> None:
         """Time exact attention of `q` over every context key (keys read once, outside the timer)."""
         if layer not in self._whole:
-            keys, values = memory.keys.to(self.ctx.device), memory.values.to(self.ctx.device)
-            if self.n_local is None:
-                every_row = torch.arange(len(memory), device=self.ctx.device).expand(keys.shape[1], -1)
-                keys = self.rope.rotate(keys, self._positions_of(layer, memory, every_row))
-            self._whole[layer] = keys, values
+            keys = memory.keys.to(self.ctx.device) if self.n_local is not None else \
+                self._keys_at_true_positions(layer, memory, self.ctx.device)
+            self._whole[layer] = keys, memory.values.to(self.ctx.device)
         started = self._clock()
         attend(q, *self._whole[layer], self.ctx.scale)
         self.timing["whole"] += self._clock() - started
